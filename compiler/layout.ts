@@ -1,0 +1,222 @@
+/**
+ * Stage 3: the weight layout. Decides where every weight the kernels read lives
+ * in the packed weights file, in the order and shape the kernels stream them,
+ * with compile-time folds applied:
+ *   - each block's LayerNorm affine is folded into pwconv1 (W1' = W1 diag(g), b1' = b1 + W1 beta),
+ *   - the downsampling LayerNorm affine into the 2x2 conv the same way,
+ *   - V2's GRN bias into pwconv2's bias (W2 (x + beta) = W2 x + W2 beta),
+ *   - the layer scale into pwconv2 (diag(ls) W2, ls * b2).
+ * Folds are computed in float64 and rounded once.
+ *
+ * The layout depends only on the spec and the target's packing, so a module built
+ * from a bare config can load any weights file packed for the same spec.
+ */
+import { DWCONV_KERNEL, MLP_RATIO, type ModelSpec } from './config.js';
+import type { BlockWeights, CheckpointWeights, NormWeights } from './checkpoint.js';
+import { checksum32 } from '../runtime/checksum.js';
+
+export interface Packing {
+  /** Channel counts of activations are padded to a multiple of this (padding lanes stay zero). */
+  channelAlign: number;
+  /**
+   * Matrices are stored K-major in column panels of this many output columns:
+   * panel p holds W[k][p*w .. p*w+w) for k = 0..K-1, contiguous. 0 = one panel (plain [K][N]).
+   */
+  panelWidth: number;
+}
+
+export interface WeightField { offset: number; length: number }
+export interface WeightGroup {
+  key: string;
+  offset: number;
+  fields: Record<string, WeightField>;
+}
+export interface WeightLayout {
+  packing: Packing;
+  groups: WeightGroup[];
+  /** Total float32 count of the weights file. */
+  floats: number;
+}
+
+export interface PackedWeights {
+  layout: WeightLayout;
+  data: Float32Array;
+  checksum: number;
+}
+
+/** Fields start on 64-byte boundaries so every vector load is aligned. */
+const FIELD_ALIGN = 16;
+
+export function alignUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+/** A matrix as the packer sees it: element (k, n) of a logical K x N matrix in float64. */
+type MatrixSource = (k: number, n: number) => number;
+
+class LayoutWriter {
+  readonly groups: WeightGroup[] = [];
+  floats = 0;
+  private current?: WeightGroup;
+
+  constructor(readonly packing: Packing, readonly data?: Float32Array) {}
+
+  group(key: string): void {
+    this.floats = alignUp(this.floats, FIELD_ALIGN);
+    this.current = { key, offset: this.floats, fields: {} };
+    this.groups.push(this.current);
+  }
+
+  private field(name: string, length: number): WeightField {
+    this.floats = alignUp(this.floats, FIELD_ALIGN);
+    const field = { offset: this.floats, length };
+    this.current!.fields[name] = field;
+    this.floats += length;
+    return field;
+  }
+
+  /** A vector of `padded` floats whose first values come from `source` (the rest are zero). */
+  vector(name: string, padded: number, source?: (i: number) => number, count = padded): void {
+    const field = this.field(name, padded);
+    if (this.data && source) for (let i = 0; i < count; i++) this.data[field.offset + i] = source(i);
+  }
+
+  /** A K x N matrix (real size kReal x nReal, padded kPad x nPad) in column panels. */
+  matrix(name: string, kPad: number, nPad: number, kReal: number, nReal: number, source?: MatrixSource): void {
+    const width = this.packing.panelWidth || nPad;
+    const field = this.field(name, kPad * nPad);
+    if (!this.data || !source) return;
+    for (let n = 0; n < nReal; n++) {
+      const panel = Math.floor(n / width);
+      const lane = n % width;
+      const panelBase = field.offset + panel * kPad * width;
+      for (let k = 0; k < kReal; k++) this.data[panelBase + k * width + lane] = source(k, n);
+    }
+  }
+}
+
+/** Channel counts as the kernels see them. */
+export function paddedChannels(channels: number, packing: Packing): number {
+  return alignUp(channels, Math.max(packing.channelAlign, packing.panelWidth || 1));
+}
+
+/**
+ * Lays out (and, given a checkpoint, packs) every weight the kernels read.
+ * The same function produces both, so offsets and data cannot disagree.
+ */
+export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights): WeightLayout & { data?: Float32Array } {
+  const sizing = new LayoutWriter(packing);
+  writeAll(spec, sizing);
+  if (!checkpoint) return { packing, groups: sizing.groups, floats: alignUp(sizing.floats, FIELD_ALIGN) };
+  const data = new Float32Array(alignUp(sizing.floats, FIELD_ALIGN));
+  const writer = new LayoutWriter(packing, data);
+  writeAll(spec, writer, checkpoint);
+  return { packing, groups: writer.groups, floats: data.length, data };
+}
+
+export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights): PackedWeights {
+  const { data, ...layout } = layoutWeights(spec, packing, checkpoint);
+  return { layout, data: data!, checksum: checksum32(data!) };
+}
+
+function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): void {
+  const pad = (c: number) => paddedChannels(c, w.packing);
+  const c0 = spec.hiddenSizes[0];
+  const p = spec.patchSize;
+  const cin = spec.numChannels;
+
+  w.group('stem');
+  const stemK = cin * p * p;
+  // K runs over (ci, ky, kx): the order the stem kernel walks its NCHW input patch.
+  w.matrix('weight', stemK, pad(c0), stemK, c0, ckpt && ((k, n) => ckpt.stem.convWeight[n * stemK + k]));
+  w.vector('bias', pad(c0), ckpt && ((i) => ckpt.stem.convBias[i]), c0);
+  w.vector('normWeight', pad(c0), ckpt && ((i) => ckpt.stem.norm.weight[i]), c0);
+  w.vector('normBias', pad(c0), ckpt && ((i) => ckpt.stem.norm.bias[i]), c0);
+
+  spec.hiddenSizes.forEach((channels, s) => {
+    const stage = ckpt?.stages[s];
+    if (s > 0) {
+      const previous = spec.hiddenSizes[s - 1];
+      const ciPad = pad(previous);
+      const down = stage?.downsample;
+      w.group(`stages.${s}.downsample`);
+      // K runs over (ky, kx, ci) with ci padded: the kernel reads four NHWC input pixels in a row.
+      const sourceIndex = (k: number) => ({ tap: Math.floor(k / ciPad), ci: k % ciPad });
+      w.matrix('weight', 4 * ciPad, pad(channels), 4 * ciPad, channels, down && ((k, n) => {
+        const { tap, ci } = sourceIndex(k);
+        if (ci >= previous) return 0;
+        return down.convWeight[((n * previous + ci) * 2 + (tap >> 1)) * 2 + (tap & 1)] * down.norm.weight[ci];
+      }));
+      w.vector('bias', pad(channels), down && ((n) => {
+        let sum = down.convBias[n];
+        for (let ci = 0; ci < previous; ci++) {
+          for (let tap = 0; tap < 4; tap++) sum += down.convWeight[(n * previous + ci) * 4 + tap] * down.norm.bias[ci];
+        }
+        return sum;
+      }), channels);
+    }
+    for (let j = 0; j < spec.depths[s]; j++) {
+      w.group(`stages.${s}.blocks.${j}`);
+      writeBlock(spec, w, channels, stage?.blocks[j]);
+    }
+  });
+
+  const last = spec.hiddenSizes[spec.numStages - 1];
+  if (spec.head === 'backbone') {
+    const stageChannels = [c0, ...spec.hiddenSizes];
+    const stageNames = ['stem', ...spec.hiddenSizes.map((_, i) => `stage${i + 1}`)];
+    for (const feature of spec.outFeatures) {
+      const channels = stageChannels[stageNames.indexOf(feature)];
+      writeNorm(w, `featureNorms.${feature}`, channels, pad(channels), ckpt?.featureNorms[feature]);
+    }
+  } else {
+    writeNorm(w, 'pooler', last, pad(last), ckpt?.poolerNorm);
+  }
+  if (spec.head === 'classification' && spec.numLabels > 0) {
+    const classifier = ckpt?.classifier;
+    w.group('classifier');
+    w.matrix('weight', pad(last), pad(spec.numLabels), last, spec.numLabels, classifier && ((k, n) => classifier.weight[n * last + k]));
+    w.vector('bias', pad(spec.numLabels), classifier && ((i) => classifier.bias[i]), spec.numLabels);
+  }
+}
+
+function writeNorm(w: LayoutWriter, key: string, channels: number, padded: number, norm?: NormWeights): void {
+  w.group(key);
+  w.vector('weight', padded, norm && ((i) => norm.weight[i]), channels);
+  w.vector('bias', padded, norm && ((i) => norm.bias[i]), channels);
+}
+
+function writeBlock(spec: ModelSpec, w: LayoutWriter, channels: number, block?: BlockWeights): void {
+  const cPad = paddedChannels(channels, w.packing);
+  const hidden = MLP_RATIO * channels;
+  const hPad = paddedChannels(hidden, w.packing);
+  const taps = DWCONV_KERNEL * DWCONV_KERNEL;
+
+  // Depthwise taps are tap-major so one tap's weights for consecutive channels form vectors.
+  w.matrix('dwWeight', taps, cPad, taps, channels, block && ((tap, c) => block.dwconvWeight[c * taps + tap]));
+  w.vector('dwBias', cPad, block && ((c) => block.dwconvBias[c]), channels);
+
+  const g = block?.norm.weight;
+  const beta = block?.norm.bias;
+  w.matrix('pw1Weight', cPad, hPad, channels, hidden, block && ((k, n) => block.pwconv1Weight[n * channels + k] * g![k]));
+  w.vector('pw1Bias', hPad, block && ((n) => {
+    let sum = block.pwconv1Bias[n];
+    for (let k = 0; k < channels; k++) sum += block.pwconv1Weight[n * channels + k] * beta![k];
+    return sum;
+  }), hidden);
+  if (spec.grn) w.vector('grnGamma', hPad, block && ((i) => block.grn!.weight[i]), hidden);
+
+  const scale = (n: number) => (block?.layerScale ? block.layerScale[n] : 1);
+  w.matrix('pw2Weight', hPad, cPad, hidden, channels, block && ((k, n) => scale(n) * block.pwconv2Weight[n * hidden + k]));
+  w.vector('pw2Bias', cPad, block && ((n) => {
+    let sum = block.pwconv2Bias[n];
+    if (block.grn) for (let k = 0; k < hidden; k++) sum += block.pwconv2Weight[n * hidden + k] * block.grn.bias[k];
+    return scale(n) * sum;
+  }), channels);
+}
+
+export function findGroup(layout: WeightLayout, key: string): WeightGroup {
+  const group = layout.groups.find((g) => g.key === key);
+  if (!group) throw new Error(`internal: no weight group "${key}"`);
+  return group;
+}

@@ -1,0 +1,99 @@
+/**
+ * Types shared by the compiler and every generated module. This file is copied
+ * into generated packages: no imports beyond other runtime files.
+ */
+import type { PreprocessSpec } from './preprocess.js';
+
+/** The ACT2FN names of transformers that need no learned parameters. */
+export const ACTIVATIONS = [
+  'gelu', 'gelu_10', 'gelu_fast', 'gelu_new', 'gelu_python', 'gelu_pytorch_tanh', 'gelu_accurate',
+  'laplace', 'leaky_relu', 'linear', 'mish', 'quick_gelu', 'relu', 'relu2', 'relu6', 'sigmoid',
+  'silu', 'swish', 'tanh',
+] as const;
+export type Activation = (typeof ACTIVATIONS)[number];
+
+/** Activation buffers: the NCHW input, two NHWC ping-pong buffers, and per-image head buffers. */
+export type BufferName = 'input' | 'a' | 'b' | 'pooled' | 'logits';
+
+/** Real and padded (storage) channel counts of an NHWC activation. Padding lanes hold zeros. */
+export interface Channels { real: number; padded: number }
+
+/**
+ * One fused operation of the plan. `weights` is the float offset of the op's weight
+ * group in the weights file; `level` is the resolution it runs at (0 = stem output,
+ * s = stage s). The same list is the dispatch list of every target.
+ */
+export type PlanStep =
+  | { op: 'stem'; level: 0; src: 'input'; dst: BufferName; inChannels: number; out: Channels; patch: number; weights: number; eps: number }
+  | { op: 'downsample'; level: number; src: BufferName; dst: BufferName; in: Channels; out: Channels; weights: number; eps: number }
+  | { op: 'block'; level: number; stage: number; index: number; src: BufferName; dst: BufferName; channels: Channels; hidden: Channels; activation: Activation; grn: boolean; weights: number; eps: number }
+  /** Copy an NHWC activation out as an NCHW output tensor (real channels only). */
+  | { op: 'output'; name: string; level: number; src: BufferName; channels: Channels; onlyWithHiddenStates: boolean }
+  /** Backbone: LayerNorm (with affine) of a stage output, as an NCHW output tensor. */
+  | { op: 'featureMap'; name: string; level: number; src: BufferName; channels: Channels; weights: number; eps: number }
+  /** Mean over H x W, then the pooler LayerNorm with the config's eps: pooler_output. */
+  | { op: 'pool'; level: number; src: BufferName; dst: 'pooled'; channels: Channels; weights: number; eps: number }
+  | { op: 'classifier'; src: 'pooled'; dst: 'logits'; in: Channels; labels: Channels; weights: number };
+
+/** Everything a generated module knows about its model, baked in as data. */
+export interface ModelManifest {
+  /** Package-style name of the variant, e.g. "convnext-tiny-224-wasm". */
+  name: string;
+  target: 'wasm' | 'webgpu';
+  architecture: string;
+  modelType: 'convnext' | 'convnextv2';
+  head: 'classification' | 'base' | 'backbone';
+  numChannels: number;
+  patchSize: number;
+  hiddenSizes: number[];
+  depths: number[];
+  hiddenAct: Activation;
+  layerNormEps: number;
+  imageSize: number;
+  numLabels: number;
+  labels: string[];
+  outFeatures: string[];
+  preprocess: PreprocessSpec;
+  /** Smallest input height and width: every level keeps at least one pixel. */
+  minInputSize: number;
+  /** Channels of each level's activations (level s = stage s). */
+  levels: Channels[];
+  steps: PlanStep[];
+  weights: {
+    /** File name next to the module. */
+    file: string;
+    floats: number;
+    checksum: number;
+  };
+}
+
+/** Raw outputs of a backend: NCHW (or [N, C]) float32 tensors by transformers' names. */
+export type RawOutputs = Map<string, { data: Float32Array; shape: number[] }>;
+
+/** A compiled target's executor. The model wrapper validates inputs before calling it. */
+export interface Backend {
+  readonly name: 'wasm' | 'webgpu';
+  /** A short human description of what runs (e.g. "WASM SIMD, relaxed FMA, 1 thread"). */
+  readonly description: string;
+  run(input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean): Promise<RawOutputs>;
+  dispose(): void;
+}
+
+export interface RunOptions {
+  batch: number;
+  height: number;
+  width: number;
+  outputHiddenStates?: boolean;
+}
+
+export interface ModelOutputs {
+  logits?: Float32Array;
+  poolerOutput?: Float32Array;
+  lastHiddenState: Float32Array;
+  hiddenStates?: Float32Array[];
+  featureMaps?: Float32Array[];
+  /** Shape of every output above, by transformers' names (logits, pooler_output, hidden_states.K, ...). */
+  shapes: Record<string, number[]>;
+}
+
+export interface Classification { label: string; score: number; index: number }
