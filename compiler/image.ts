@@ -49,6 +49,12 @@ const PNG_COLOR_GRAY = 0;
 const PNG_COLOR_PALETTE = 3;
 
 function decodePng(bytes: Uint8Array, source: string): ImageInput {
+  // Check the IHDR size before pngjs allocates for it, so that a decompression bomb is
+  // refused cheaply; a missing or malformed IHDR is left for pngjs to report.
+  if (bytes.length >= 24) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    checkPixelCount(view.getUint32(16), view.getUint32(20), source);
+  }
   let decoded: { width: number; height: number; depth: number; colorType: number; data: ArrayLike<number> };
   try {
     // skipRescale keeps the raw sample values, so that 16-bit and low-bit-depth samples can

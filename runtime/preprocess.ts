@@ -174,6 +174,9 @@ function validateSpec(spec: PreprocessSpec): void {
       throw new Error(`preprocess: unknown PIL resample code ${String(spec.resample)} (expected 0-5)`);
     }
   }
+  if (spec.doRescale && !Number.isFinite(spec.rescaleFactor)) {
+    throw new Error(`preprocess: rescaleFactor must be a finite number, got ${String(spec.rescaleFactor)}`);
+  }
   if (spec.doNormalize) {
     if (!Array.isArray(spec.mean) || spec.mean.length !== 3 || !Array.isArray(spec.std) || spec.std.length !== 3) {
       throw new Error('preprocess: mean and std must each hold 3 numbers (one per RGB channel)');

@@ -63,7 +63,8 @@ export interface ModelManifest {
     /** File name next to the module. */
     file: string;
     floats: number;
-    checksum: number;
+    /** Checksum of the packed weights; null when built from a bare config (weights come at load). */
+    checksum: number | null;
   };
 }
 

@@ -45,18 +45,21 @@ const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
 export async function createWasmBackend(
   manifest: ModelManifest,
   info: WasmKernelInfo,
-  binaries: { simd: BufferSource; relaxed?: BufferSource },
+  binaries: { simd: Uint8Array; relaxed?: Uint8Array },
   weights: Float32Array,
   options: WasmBackendOptions = {},
 ): Promise<Backend> {
   if (info.steps.length !== manifest.steps.length) {
     throw new Error(`cxc: WASM dispatch list has ${info.steps.length} entries for ${manifest.steps.length} plan steps (corrupt module)`);
   }
-  const useRelaxed = options.relaxedSimd !== false && binaries.relaxed !== undefined && WebAssembly.validate(binaries.relaxed);
-  if (!WebAssembly.validate(binaries.simd)) {
+  // Typed arrays over ArrayBufferLike are what file reads return; WebAssembly's typings want ArrayBuffer.
+  const simd = binaries.simd as Uint8Array<ArrayBuffer>;
+  const relaxed = binaries.relaxed as Uint8Array<ArrayBuffer> | undefined;
+  const useRelaxed = options.relaxedSimd !== false && relaxed !== undefined && WebAssembly.validate(relaxed);
+  if (!WebAssembly.validate(simd)) {
     throw new Error('cxc: this JavaScript engine has no WebAssembly SIMD128 support (Node >= 16.4, Chrome >= 91, Firefox >= 89, Safari >= 16.4 have it)');
   }
-  const module = await WebAssembly.compile(useRelaxed ? binaries.relaxed! : binaries.simd);
+  const module = await WebAssembly.compile(useRelaxed ? relaxed! : simd);
   const weightBytes = weights.byteLength;
   const arenaBase = align(info.weightsBase + weightBytes);
   const memory = new WebAssembly.Memory({ initial: Math.ceil(arenaBase / PAGE) + 1, maximum: 65536 });

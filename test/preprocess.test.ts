@@ -532,6 +532,15 @@ describe('decodeImageFile', () => {
     });
   });
 
+  it('refuses a PNG whose header declares an absurd size before decoding it', async () => {
+    const png = pngFixture(2, 8);
+    new DataView(png.buffer, png.byteOffset).setUint32(16, 100_000); // IHDR width
+    new DataView(png.buffer, png.byteOffset).setUint32(20, 100_000); // IHDR height
+    await withTempFile('bomb.png', png, async (path) => {
+      await expect(decodeImageFile(path)).rejects.toThrow(`${path}: the image is too large: 100000x100000`);
+    });
+  });
+
   it('reports a truncated PNG or JPEG as a CxcError naming the file', async () => {
     const png = pngFixture(2, 8);
     await withTempFile('cut.png', png.subarray(0, png.length - 30), async (path) => {

@@ -1,0 +1,220 @@
+/**
+ * The whole compiler, stage by stage:
+ *   config.json -> ModelSpec (config.ts) -> checkpoint binding (checkpoint.ts)
+ *   -> weight layout + packed weights (layout.ts) -> fused kernel plan (plan.ts)
+ *   -> rendered kernels (wasm.ts / webgpu.ts) -> emitted module (emit.ts).
+ * compileModel() is pure (files in memory); buildModule() writes them.
+ */
+import { existsSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { parseModelConfig, type ModelSpec } from './config.js';
+import { CxcError } from './errors.js';
+import { readSafetensors } from './safetensors.js';
+import { bindCheckpoint } from './checkpoint.js';
+import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
+import { planModel, type KernelPlan } from './plan.js';
+import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
+import { emitModule } from './emit.js';
+import { TARGETS, type TargetName } from './targets.js';
+import type { ModelManifest } from '../runtime/types.js';
+import type { PreprocessSpec } from '../runtime/preprocess.js';
+
+export interface ModelSource {
+  /** A checkpoint folder (config.json, model.safetensors, preprocessor_config.json) or a bare config.json. */
+  input: string;
+  /** Weights given separately (a safetensors file). */
+  weights?: string;
+  /** A preprocessor_config.json given separately. */
+  processor?: string;
+}
+
+export interface LoadedModel {
+  spec: ModelSpec;
+  preprocess: PreprocessSpec;
+  /** Checkpoint tensors, absent for a bare config. */
+  tensors?: ReturnType<typeof readSafetensors>;
+  weightsPath?: string;
+  /** A short name for the variant, from the folder or file name. */
+  baseName: string;
+}
+
+function readJson(path: string, what: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new CxcError(`cannot read the ${what} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { file: path });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new CxcError(`the ${what} is not valid JSON: ${(error as Error).message}`, { file: path });
+  }
+}
+
+function readBytes(path: string, what: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch (error) {
+    throw new CxcError(`cannot read the ${what} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { file: path });
+  }
+}
+
+/** Reads and validates everything the source names; nothing is compiled yet. */
+export function loadModelSource(source: ModelSource): LoadedModel {
+  const input = resolve(source.input);
+  if (!existsSync(input)) throw new CxcError(`no such file or folder`, { file: source.input });
+  const isDir = statSync(input).isDirectory();
+  const configPath = isDir ? join(input, 'config.json') : input;
+  if (isDir && !existsSync(configPath)) {
+    throw new CxcError('no config.json in this folder', { file: source.input, hint: 'point cxc at a Hugging Face model folder or at a config.json' });
+  }
+  const weightsPath = source.weights ?? (isDir && existsSync(join(input, 'model.safetensors')) ? join(input, 'model.safetensors') : undefined);
+  if (isDir && !weightsPath && existsSync(join(input, 'pytorch_model.bin'))) {
+    throw new CxcError('this folder has pytorch_model.bin but no model.safetensors', {
+      file: source.input,
+      hint: 'convert it once in Python: model.save_pretrained(dir, safe_serialization=True)',
+    });
+  }
+  const tensors = weightsPath ? readSafetensors(readBytes(weightsPath, 'weights'), weightsPath) : undefined;
+  const spec = parseModelConfig(readJson(configPath, 'model config'), configPath, { tensorNames: tensors?.keys() });
+  const processorPath = source.processor ?? (isDir && existsSync(join(input, 'preprocessor_config.json')) ? join(input, 'preprocessor_config.json') : undefined);
+  const preprocess = processorPath ? parseProcessorConfig(readJson(processorPath, 'preprocessor config'), processorPath) : defaultProcessorSpec();
+  const baseName = isDir ? basename(input) : basename(dirname(input));
+  return { spec, preprocess, tensors, weightsPath, baseName };
+}
+
+export interface CompileOptions extends ModelSource {
+  target: TargetName;
+  /** npm package name of the output (default: derived from the folder name and target). */
+  packageName?: string;
+  packageVersion?: string;
+}
+
+export interface CompiledModule {
+  manifest: ModelManifest;
+  plan: KernelPlan;
+  layout: WeightLayout;
+  /** Files of the output package, by path inside it. */
+  files: Map<string, string | Uint8Array>;
+}
+
+/** A valid npm package name from free text. */
+export function packageNameFor(baseName: string, target: TargetName): string {
+  const cleaned = baseName.toLowerCase().replace(/[^a-z0-9._-]+/g, '-').replace(/^[._-]+|[-_.]+$/g, '') || 'convnext';
+  return `${cleaned}-${target}`.slice(0, 214);
+}
+
+export async function compileModel(options: CompileOptions): Promise<CompiledModule> {
+  const loaded = loadModelSource(options);
+  const { spec } = loaded;
+  const target = TARGETS[options.target];
+  if (!target) throw new CxcError(`unknown target ${JSON.stringify(options.target)}: use wasm or webgpu`);
+
+  const checkpoint = loaded.tensors ? bindCheckpoint(spec, loaded.tensors, loaded.weightsPath!) : undefined;
+  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint) : undefined;
+  const layout = packed?.layout ?? layoutWeights(spec, target.packing);
+  const plan = planModel(spec, layout);
+  const rendered = await target.render(plan, layout);
+
+  const name = options.packageName ?? packageNameFor(loaded.baseName, options.target);
+  const manifest: ModelManifest = {
+    name,
+    target: options.target,
+    architecture: spec.architecture,
+    modelType: spec.modelType,
+    head: spec.head,
+    numChannels: spec.numChannels,
+    patchSize: spec.patchSize,
+    hiddenSizes: spec.hiddenSizes,
+    depths: spec.depths,
+    hiddenAct: spec.hiddenAct,
+    layerNormEps: spec.layerNormEps,
+    imageSize: spec.imageSize,
+    numLabels: spec.numLabels,
+    labels: spec.labels,
+    outFeatures: spec.outFeatures,
+    preprocess: loaded.preprocess,
+    minInputSize: plan.minInputSize,
+    levels: plan.levels,
+    steps: plan.steps,
+    weights: { file: 'weights.bin', floats: layout.floats, checksum: packed ? packed.checksum : null },
+  };
+  const assetNames = Object.fromEntries(Object.keys(rendered.assets).map((key) => [key, rendered.assets[key].file]));
+  const emitted = emitModule({ manifest, program: rendered.program, assets: assetNames });
+  const files = new Map<string, string | Uint8Array>(emitted);
+  for (const asset of Object.values(rendered.assets)) files.set(asset.file, asset.data);
+  if (packed) files.set('weights.bin', new Uint8Array(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength));
+  files.set('package.json', `${JSON.stringify(packageJson(manifest, options.packageVersion ?? '1.0.0', [...files.keys()]), null, 2)}\n`);
+  files.set('README.md', packageReadme(manifest, Boolean(packed)));
+  return { manifest, plan, layout, files };
+}
+
+/** Marks an output folder as cxc's own, so a rebuild may replace it. */
+const MARKER = '.cxc-build';
+
+export async function buildModule(options: CompileOptions & { outDir: string; force?: boolean }): Promise<CompiledModule> {
+  const compiled = await compileModel(options);
+  writePackage(options.outDir, compiled.files, options.force ?? false);
+  return compiled;
+}
+
+export function writePackage(outDir: string, files: Map<string, string | Uint8Array>, force: boolean): void {
+  const root = resolve(outDir);
+  if (existsSync(root)) {
+    if (!statSync(root).isDirectory()) throw new CxcError('the output path exists and is not a folder', { file: outDir });
+    const entries = readdirSync(root);
+    if (entries.length > 0 && !entries.includes(MARKER) && !force) {
+      throw new CxcError('the output folder is not empty and was not made by cxc', { file: outDir, hint: 'choose an empty folder, or pass --force to replace its contents' });
+    }
+    // A rebuild replaces the package whole: stale files from another target must not linger.
+    for (const entry of entries) rmSync(join(root, entry), { recursive: true, force: true });
+  }
+  mkdirSync(root, { recursive: true });
+  writeFileSync(join(root, MARKER), 'This folder was generated by cxc; `cxc build` may replace it.\n');
+  for (const [path, contents] of [...files.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    const target = resolve(root, path);
+    if (!target.startsWith(root + '/')) throw new Error(`internal: refusing to write ${path} outside ${outDir}`);
+    mkdirSync(dirname(target), { recursive: true });
+    writeFileSync(target, contents);
+  }
+}
+
+function packageJson(manifest: ModelManifest, version: string, files: string[]) {
+  return {
+    name: manifest.name,
+    version,
+    description: `${manifest.architecture} (${manifest.hiddenSizes.join('/')} channels, depths ${manifest.depths.join('/')}) compiled by cxc for ${manifest.target === 'wasm' ? 'WebAssembly SIMD' : 'WebGPU'}`,
+    type: 'module',
+    main: './index.js',
+    types: './index.d.ts',
+    exports: { '.': { types: './index.d.ts', import: './index.js' }, './package.json': './package.json' },
+    files: [...new Set(files.map((f) => (f.includes('/') ? `${f.split('/')[0]}/` : f)))].filter((f) => f !== 'package.json').sort(),
+    sideEffects: false,
+    keywords: ['convnext', 'image-classification', manifest.target, 'cxc'],
+  };
+}
+
+function packageReadme(manifest: ModelManifest, bundledWeights: boolean): string {
+  const usage = manifest.head === 'classification'
+    ? `const top5 = await model.classify({ data: rgbaPixels, width, height, channels: 4 }, { topK: 5 });`
+    : `const { pixelValues, height, width } = model.preprocess({ data: rgbPixels, width: w, height: h, channels: 3 });\nconst out = await model.run(pixelValues, { batch: 1, height, width });`;
+  return [
+    `# ${manifest.name}`,
+    '',
+    `${manifest.architecture} compiled by [cxc](https://www.npmjs.com/package/cxc) for ${manifest.target === 'wasm' ? 'WebAssembly (SIMD128, relaxed-SIMD FMA where available)' : 'WebGPU'}.`,
+    `Channels ${manifest.hiddenSizes.join(', ')}; depths ${manifest.depths.join(', ')}; activation ${manifest.hiddenAct}; ` +
+      `${manifest.head === 'classification' ? `${manifest.numLabels} labels` : manifest.head === 'backbone' ? `backbone features ${manifest.outFeatures.join(', ')}` : 'no classifier'}.`,
+    `Preprocessing: shortest edge ${manifest.preprocess.shortestEdge}, crop ${manifest.preprocess.cropPct}, as transformers' ConvNextImageProcessor. Inputs of any size >= ${manifest.minInputSize}x${manifest.minInputSize} run.`,
+    '',
+    '```js',
+    "import { load } from './index.js';",
+    bundledWeights ? 'const model = await load();' : "const model = await load({ weights: 'weights.bin' }); // made by `cxc weights`",
+    usage,
+    'model.dispose();',
+    '```',
+    '',
+    bundledWeights ? 'The weights are in `weights.bin`; their checksum is verified at load.' : 'Built from a bare config: bring a weights file made by `cxc weights model.safetensors --config config.json`.',
+    '',
+  ].join('\n');
+}

@@ -1,0 +1,302 @@
+#!/usr/bin/env node
+/**
+ * cxc's command line: build, weights, run, preprocess, classify, check.
+ * User errors print one line (plus a hint) and exit 1; anything else is a bug and
+ * prints its stack.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Command, Option } from 'commander';
+import { buildModule, loadModelSource } from './build.js';
+import { bindCheckpoint } from './checkpoint.js';
+import { CxcError } from './errors.js';
+import { decodeImageFile } from './image.js';
+import { packWeights } from './layout.js';
+import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
+import { readSafetensors, writeSafetensors, type TensorToWrite } from './safetensors.js';
+import { TARGETS, type TargetName } from './targets.js';
+import { preprocess } from '../runtime/preprocess.js';
+import type { ConvNextModel, LoadOptions } from '../runtime/model.js';
+
+/** cxc's own package.json, from sources (compiler/) or from dist/compiler/. */
+function readVersion(): string {
+  for (const relative of ['../package.json', '../../package.json']) {
+    try {
+      const json = JSON.parse(readFileSync(new URL(relative, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (json.name === 'cxc' && json.version) return json.version;
+    } catch {
+      // try the next candidate
+    }
+  }
+  return '0.0.0';
+}
+const VERSION = readVersion();
+
+const targetOption = () => new Option('-t, --target <target>', 'wasm (CPU, WebAssembly SIMD) or webgpu').choices(['wasm', 'webgpu']).default('wasm');
+
+/** Loads a built package (its index.js) with the right GPU entry point for Node. */
+async function loadBuilt(dir: string, options: LoadOptions = {}): Promise<ConvNextModel> {
+  const entry = resolve(dir, 'index.js');
+  let module: { load(options?: LoadOptions): Promise<ConvNextModel>; manifest: { target: string } };
+  try {
+    module = await import(pathToFileURL(entry).href);
+  } catch (error) {
+    throw new CxcError(`not a module built by cxc (${(error as Error).message.split('\n')[0]})`, { file: dir, hint: 'build one with `cxc build MODEL_DIR -o OUT`' });
+  }
+  if (module.manifest?.target === 'webgpu' && !options.gpu && !options.device) {
+    const { nodeGpu } = await import('./node-gpu.js');
+    options = { ...options, gpu: await nodeGpu() };
+  }
+  return module.load(options);
+}
+
+function readInputTensors(path: string) {
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(readFileSync(path));
+  } catch (error) {
+    throw new CxcError(`cannot read the input (${(error as NodeJS.ErrnoException).code})`, { file: path });
+  }
+  return readSafetensors(bytes, path);
+}
+
+function pixelValuesFrom(tensors: ReturnType<typeof readSafetensors>, path: string) {
+  const tensor = tensors.get('pixel_values');
+  if (!tensor) throw new CxcError(`no "pixel_values" tensor (found: ${[...tensors.keys()].join(', ') || 'none'})`, { file: path });
+  if (tensor.shape.length !== 4 || !(tensor.data instanceof Float32Array)) {
+    throw new CxcError(`"pixel_values" must be a float tensor [N, C, H, W], got ${tensor.dtype} ${JSON.stringify(tensor.shape)}`, { file: path });
+  }
+  const [batch, , height, width] = tensor.shape;
+  return { data: tensor.data, batch, height, width };
+}
+
+/** The outputs of a run as transformers names them, NCHW float32. */
+async function runToTensors(model: ConvNextModel, input: ReturnType<typeof pixelValuesFrom>, hiddenStates: boolean) {
+  const out = await model.run(input.data, { batch: input.batch, height: input.height, width: input.width, outputHiddenStates: hiddenStates });
+  const tensors: Array<[string, TensorToWrite]> = [];
+  const add = (name: string, data?: Float32Array) => {
+    if (data) tensors.push([name, { data, shape: out.shapes[name] }]);
+  };
+  add('logits', out.logits);
+  add('pooler_output', out.poolerOutput);
+  add('last_hidden_state', out.lastHiddenState);
+  out.hiddenStates?.forEach((data, k) => add(`hidden_states.${k}`, data));
+  out.featureMaps?.forEach((data, k) => add(`feature_maps.${k}`, data));
+  return tensors;
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const row of rows) console.log(row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '));
+}
+
+const program = new Command();
+program.name('cxc').description('The ConvNeXt compiler: a Hugging Face ConvNeXt checkpoint in, a self-contained WASM or WebGPU module out.').version(VERSION);
+
+program
+  .command('build')
+  .description('compile a model folder (config.json, model.safetensors, preprocessor_config.json) or a bare config.json into an npm package')
+  .argument('<input>', 'Hugging Face model folder, or a config.json')
+  .addOption(targetOption())
+  .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package)')
+  .option('--weights <file>', 'model.safetensors given separately')
+  .option('--processor <file>', 'preprocessor_config.json given separately')
+  .option('--package <name[@version]>', 'npm package name (default: <folder>-<target>)')
+  .option('--force', 'replace a non-empty output folder that cxc did not make', false)
+  .action(async (input: string, options: { target: TargetName; out: string; weights?: string; processor?: string; package?: string; force: boolean }) => {
+    const [packageName, packageVersion] = splitPackage(options.package);
+    const started = performance.now();
+    const built = await buildModule({ input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion, outDir: options.out, force: options.force });
+    const weights = built.files.get('weights.bin');
+    console.log(
+      `built ${built.manifest.name} (${built.manifest.architecture}, ${options.target}) in ${options.out}: ` +
+        `${built.plan.steps.length} plan steps, weights ${weights ? `${(weights.length / 2 ** 20).toFixed(1)} MiB` : 'not bundled (bare config)'}, ` +
+        `${((performance.now() - started) / 1000).toFixed(1)} s`,
+    );
+  });
+
+program
+  .command('weights')
+  .description('pack a model.safetensors into the weights file a module built from the bare config loads')
+  .argument('<safetensors>', 'model.safetensors')
+  .requiredOption('--config <file>', 'the config.json the module was built from')
+  .addOption(targetOption())
+  .requiredOption('-o, --out <file>', 'weights file to write')
+  .action((weightsPath: string, options: { config: string; target: TargetName; out: string }) => {
+    const loaded = loadModelSource({ input: options.config, weights: weightsPath });
+    const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
+    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint);
+    writeFileSync(options.out, new Uint8Array(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength));
+    console.log(`wrote ${options.out}: ${(packed.data.byteLength / 2 ** 20).toFixed(1)} MiB, checksum ${packed.checksum.toString(16)}`);
+  });
+
+program
+  .command('run')
+  .description('run a built module on pixel_values [N,C,H,W] from a safetensors file; writes transformers-named outputs')
+  .argument('<module>', 'folder made by cxc build')
+  .requiredOption('--input <file>', 'safetensors with pixel_values')
+  .requiredOption('--output <file>', 'safetensors to write')
+  .option('--output-hidden-states', 'also write hidden_states.K', false)
+  .option('--weights <file>', 'weights file (for modules built from a bare config)')
+  .option('--json', 'print a JSON summary', false)
+  .action(async (dir: string, options: { input: string; output: string; outputHiddenStates: boolean; weights?: string; json: boolean }) => {
+    const input = pixelValuesFrom(readInputTensors(options.input), options.input);
+    const model = await loadBuilt(dir, { weights: options.weights });
+    try {
+      const started = performance.now();
+      const tensors = await runToTensors(model, input, options.outputHiddenStates);
+      const ms = performance.now() - started;
+      writeFileSync(options.output, writeSafetensors(tensors));
+      const summary = { output: options.output, backend: model.backend, ms, tensors: Object.fromEntries(tensors.map(([n, t]) => [n, t.shape])) };
+      if (options.json) console.log(JSON.stringify(summary));
+      else console.log(`wrote ${tensors.map(([n, t]) => `${n} ${JSON.stringify(t.shape)}`).join(', ')} to ${options.output} (${model.backend}, ${ms.toFixed(0)} ms)`);
+    } finally {
+      model.dispose();
+    }
+  });
+
+program
+  .command('preprocess')
+  .description("decode a PNG or JPEG and preprocess it as transformers' ConvNextImageProcessor does")
+  .argument('<image>', 'PNG or JPEG file')
+  .option('--processor <file>', 'preprocessor_config.json (default: 224 crop, bicubic, ImageNet mean/std)')
+  .requiredOption('--output <file>', 'safetensors to write (pixel_values [1,3,H,W])')
+  .action(async (imagePath: string, options: { processor?: string; output: string }) => {
+    const spec = options.processor ? parseProcessorConfig(JSON.parse(readFileSync(options.processor, 'utf8')), options.processor) : defaultProcessorSpec();
+    const image = await decodeImageFile(imagePath);
+    const { pixelValues, height, width } = preprocess(image, spec);
+    writeFileSync(options.output, writeSafetensors([['pixel_values', { data: pixelValues, shape: [1, 3, height, width] }]]));
+    console.log(`wrote pixel_values [1, 3, ${height}, ${width}] to ${options.output}`);
+  });
+
+program
+  .command('classify')
+  .description('classify an image with a built module: top-k labels with softmax scores')
+  .argument('<module>', 'folder made by cxc build')
+  .argument('<image>', 'PNG or JPEG file')
+  .option('-k, --top-k <k>', 'how many labels', (v) => parseInteger(v, '--top-k'), 5)
+  .option('--weights <file>', 'weights file (for modules built from a bare config)')
+  .option('--json', 'print JSON', false)
+  .action(async (dir: string, imagePath: string, options: { topK: number; weights?: string; json: boolean }) => {
+    const image = await decodeImageFile(imagePath);
+    const model = await loadBuilt(dir, { weights: options.weights });
+    try {
+      const started = performance.now();
+      const top = await model.classify(image, { topK: options.topK });
+      const ms = performance.now() - started;
+      if (options.json) {
+        console.log(JSON.stringify({ image: imagePath, backend: model.backend, ms, top }));
+        return;
+      }
+      printTable([['label', 'score'], ...top.map((t) => [t.label, t.score.toFixed(4)])]);
+      console.log(`(${model.backend}, ${ms.toFixed(0)} ms)`);
+    } finally {
+      model.dispose();
+    }
+  });
+
+program
+  .command('check')
+  .description('build a model folder and check it against golden outputs; exits 1 past tolerance (1e-4 x max(1, max|golden|))')
+  .argument('<input>', 'Hugging Face model folder, or a config.json')
+  .addOption(targetOption())
+  .option('--golden <files...>', 'safetensors files with pixel_values and expected outputs (default: <input>/golden.safetensors)')
+  .option('--weights <file>', 'model.safetensors given separately')
+  .option('--json', 'print JSON', false)
+  .action(async (input: string, options: { target: TargetName; golden?: string[]; weights?: string; json: boolean }) => {
+    const goldens = options.golden ?? [join(input, 'golden.safetensors')];
+    const outDir = mkdtempSync(join(tmpdir(), 'cxc-check-'));
+    const rows: Array<{ file: string; output: string; shape: number[]; maxError: number; tolerance: number; ok: boolean }> = [];
+    try {
+      const built = await buildModule({ input, target: options.target, weights: options.weights, outDir, force: true });
+      const model = await loadBuilt(outDir);
+      try {
+        for (const file of goldens) {
+          const tensors = readInputTensors(file);
+          const outputs = new Map(await runToTensors(model, pixelValuesFrom(tensors, file), true));
+          for (const [key, expected] of tensors) {
+            if (key === 'pixel_values' || !(expected.data instanceof Float32Array)) continue;
+            // Backbone goldens are stored as backbone.feature_maps.K beside the classification ones.
+            const isBackboneKey = key.startsWith('backbone.');
+            if (isBackboneKey !== (built.manifest.head === 'backbone')) continue;
+            const name = isBackboneKey ? key.slice('backbone.'.length) : key;
+            const actual = outputs.get(name);
+            if (!actual) {
+              rows.push({ file, output: name, shape: expected.shape, maxError: Infinity, tolerance: 0, ok: false });
+              continue;
+            }
+            const { maxError, tolerance } = compareTensors(actual.data as Float32Array, expected.data);
+            rows.push({ file, output: name, shape: expected.shape, maxError, tolerance, ok: maxError <= tolerance });
+          }
+        }
+      } finally {
+        model.dispose();
+      }
+    } finally {
+      rmSync(outDir, { recursive: true, force: true });
+    }
+    const failed = rows.filter((r) => !r.ok).length;
+    if (options.json) {
+      console.log(JSON.stringify({ target: options.target, rows, passed: rows.length - failed, failed }));
+    } else {
+      printTable([
+        ['output', 'shape', 'max |error|', 'tolerance', 'result'],
+        ...rows.map((r) => [r.output, JSON.stringify(r.shape), r.maxError.toExponential(2), r.tolerance.toExponential(2), r.ok ? 'ok' : 'FAIL']),
+      ]);
+      console.log(`${rows.length - failed} passed, ${failed} failed`);
+    }
+    if (rows.length === 0) throw new CxcError('no golden outputs were compared', { hint: 'pass --golden with safetensors holding pixel_values and outputs' });
+    if (failed > 0) process.exitCode = 1;
+  });
+
+function compareTensors(actual: Float32Array, golden: Float32Array) {
+  if (actual.length !== golden.length) return { maxError: Infinity, tolerance: 0 };
+  let maxError = 0;
+  let maxGolden = 0;
+  for (let i = 0; i < golden.length; i++) {
+    const error = Math.abs(actual[i] - golden[i]);
+    if (!(error <= maxError)) maxError = Number.isNaN(error) ? Infinity : error;
+    maxGolden = Math.max(maxGolden, Math.abs(golden[i]));
+  }
+  return { maxError, tolerance: 1e-4 * Math.max(1, maxGolden) };
+}
+
+function parseInteger(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new CxcError(`${flag} must be a positive integer, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+function splitPackage(spec?: string): [string | undefined, string | undefined] {
+  if (!spec) return [undefined, undefined];
+  const at = spec.lastIndexOf('@');
+  if (at <= 0) return [spec, undefined];
+  return [spec.slice(0, at), spec.slice(at + 1)];
+}
+
+/** User errors: one line and a hint. Errors from generated modules start with "cxc:" and are user errors too. */
+function report(error: unknown): never {
+  if (error instanceof CxcError) {
+    console.error(`cxc: ${error.message}`);
+    if (error.hint) console.error(`hint: ${error.hint}`);
+  } else if (error instanceof Error && /^cxc: /.test(error.message)) {
+    console.error(error.message);
+  } else {
+    console.error('cxc: internal error (please report it):');
+    console.error(error instanceof Error ? error.stack : error);
+  }
+  process.exit(1);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    report(error);
+  }
+}
+
+await main(process.argv);
+

@@ -1,0 +1,45 @@
+/**
+ * The compilation targets: how each packs weights and renders the fused plan.
+ * Adding a target is adding an entry here (a packing and a renderer).
+ */
+import type { Packing, WeightLayout } from './layout.js';
+import type { KernelPlan } from './plan.js';
+import { renderWasm, WASM_PACKING } from './wasm.js';
+
+export type TargetName = 'wasm' | 'webgpu';
+
+export interface RenderedTarget {
+  /** JSON data the target's backend reads (baked into the module). */
+  program: unknown;
+  /** Files shipped next to the module, by the role the emitted loader knows them by. */
+  assets: Record<string, { file: string; data: string | Uint8Array }>;
+}
+
+export interface Target {
+  packing: Packing;
+  render(plan: KernelPlan, layout: WeightLayout): Promise<RenderedTarget>;
+}
+
+export const TARGETS: Record<TargetName, Target> = {
+  wasm: {
+    packing: WASM_PACKING,
+    async render(plan, layout) {
+      const { program, sources } = await renderWasm(plan, layout);
+      const { simd, relaxed, ...info } = program;
+      return {
+        program: info,
+        assets: {
+          simd: { file: 'kernels.wasm', data: simd },
+          relaxed: { file: 'kernels-relaxed.wasm', data: relaxed },
+          source: { file: 'kernels.wat', data: sources.simd },
+        },
+      };
+    },
+  },
+  webgpu: {
+    packing: { channelAlign: 4, panelWidth: 0 },
+    async render() {
+      throw new Error('internal: the webgpu target is not wired in yet');
+    },
+  },
+};
