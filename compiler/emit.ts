@@ -131,6 +131,9 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     parameters: [{ name: 'options', type: 'LoadOptions', initializer: '{}' }],
     returnType: 'Promise<ConvNextModel>',
     statements: [
+      ...(manifest.weights.checksum === null
+        ? [`if (options.weights === undefined) throw new Error(${JSON.stringify(`cxc: ${manifest.name} was built from a bare config and has no weights of its own: pass load({ weights }) a file made by \`cxc weights model.safetensors --config config.json\``)});`]
+        : []),
       `const weights = await loadWeights(options.weights ?? new URL(${JSON.stringify(`./${manifest.weights.file}`)}, import.meta.url), manifest, options.onProgress);`,
       ...backend,
       'return createModel(manifest, backend);',

@@ -1,0 +1,406 @@
+/**
+ * Stage 5 for the WebGPU target: renders the fused plan into WGSL kernels (templates/wgsl) and
+ * the dispatch list the runtime walks (runtime/webgpu.ts). Every decision lives here: which
+ * kernels each plan step becomes, their constants (channel counts, weight field offsets), tile
+ * and workgroup sizes, and which buffers each binds. Templates only hold kernel code.
+ *
+ * Kernels per plan step:
+ *   stem        -> stem (conv + LayerNorm)
+ *   downsample  -> downsample (LayerNorm + 2x2 conv)
+ *   block       -> block-dwconv (7x7 depthwise + LayerNorm, into `normed`), then
+ *                  block-mlp (pw1 + act + pw2 + residual, hidden kept in workgroup memory), or for
+ *                  ConvNeXt V2: grn-expand (pw1 + act) -> grn-reduce (GRN statistics) -> grn-project (pw2 + residual)
+ *   output      -> output (NHWC -> NCHW copy)
+ *   featureMap  -> feature-map (LayerNorm with affine -> NCHW)
+ *   pool        -> pool (mean + LayerNorm)
+ *   classifier  -> classifier
+ */
+import type { Packing, WeightGroup, WeightLayout } from './layout.js';
+import type { KernelPlan, PlanStep } from './plan.js';
+import { renderTemplate } from './templates.js';
+import type {
+  WebGpuBufferName, WebGpuBufferSize, WebGpuGrid, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
+} from '../runtime/webgpu.js';
+import type { Activation } from '../runtime/types.js';
+
+/**
+ * Channels padded to 4 (one vec4); matrices plain row-major [K][N] (one panel): a kernel reads
+ * one weight row's vec4 for 4 output channels, and neighbouring invocations read neighbouring
+ * vec4s of the same row.
+ */
+export const WEBGPU_PACKING: Packing = { channelAlign: 4, panelWidth: 0 };
+
+/** Weight windows start on 64-float (256-byte) boundaries: the largest minStorageBufferOffsetAlignment. */
+const WEIGHT_WINDOW_ALIGN = 64;
+/** WebGPU's default limits, which every adapter has: kernels stay within them. */
+const MAX_WORKGROUP = 256;
+const MAX_WORKGROUP_STORAGE = 16384;
+
+/** Invocations per workgroup of the simple one-item-per-invocation kernels. */
+const SIMPLE_WORKGROUP = 64;
+/** Pixels per workgroup of the matrix kernels (multiple of 4: invocations own 4-pixel blocks). */
+const MATMUL_TILE_PIXELS = 16;
+/** Most output vec4s per workgroup of the column-tiled matrix kernels. */
+const MATMUL_MAX_COLUMNS4 = 16;
+/** Pixels per workgroup of the fused MLP. */
+const MLP_TILE_PIXELS = 16;
+
+const QUAD = [0, 1, 2, 3];
+
+export function renderWebGpu(plan: KernelPlan, layout: WeightLayout): WebGpuProgram {
+  const { packing } = layout;
+  if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
+    throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
+  }
+  const builder = new ProgramBuilder(plan, layout);
+  plan.steps.forEach((step, index) => builder.addStep(step, index));
+  return builder.finish();
+}
+
+/** Largest divisor of n that is at most max. */
+function largestDivisorAtMost(n: number, max: number): number {
+  for (let d = Math.min(n, max); d > 1; d--) if (n % d === 0) return d;
+  return 1;
+}
+
+class ProgramBuilder {
+  private readonly shaders: WebGpuShader[] = [];
+  private readonly shaderIndex = new Map<string, number>();
+  private readonly kernels: WebGpuKernel[] = [];
+  private readonly outputs: WebGpuOutput[] = [];
+  private readonly buffers: Record<Exclude<WebGpuBufferName, 'input'>, WebGpuBufferSize>;
+  private readonly common = renderTemplate('wgsl/common.wgsl.hbs', {});
+
+  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout) {
+    const levels = plan.levels.length;
+    const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
+    this.buffers = { a: empty(), b: empty(), normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
+  }
+
+  finish(): WebGpuProgram {
+    const { spec } = this.plan;
+    return {
+      format: 'cxc-webgpu-1',
+      shaders: this.shaders,
+      kernels: this.kernels,
+      buffers: this.buffers,
+      // Hidden-states-only outputs first: a run without them reads back one contiguous tail.
+      outputs: [...this.outputs.filter((o) => o.onlyWithHiddenStates), ...this.outputs.filter((o) => !o.onlyWithHiddenStates)],
+      inputChannels: spec.numChannels,
+      patchSize: spec.patchSize,
+      levels: this.plan.levels.length,
+      weightFloats: this.layout.floats,
+      requiredFeatures: [],
+    };
+  }
+
+  addStep(step: PlanStep, index: number): void {
+    switch (step.op) {
+      case 'stem': return this.stem(step, index);
+      case 'downsample': return this.downsample(step, index);
+      case 'block': return this.block(step, index);
+      case 'output': return this.output(step, index);
+      case 'featureMap': return this.featureMap(step, index);
+      case 'pool': return this.pool(step, index);
+      case 'classifier': return this.classifier(step, index);
+    }
+  }
+
+  // ---- helpers ------------------------------------------------------------------------------------
+
+  private group(offset: number): WeightGroup {
+    const group = this.layout.groups.find((g) => g.offset === offset);
+    if (!group) throw new Error(`internal: no weight group at offset ${offset}`);
+    return group;
+  }
+
+  /** Field offsets of a weight group in vec4s from the group's start. */
+  private fields(group: WeightGroup): Record<string, number> {
+    const fields: Record<string, number> = {};
+    for (const [name, field] of Object.entries(group.fields)) {
+      const floats = field.offset - group.offset;
+      if (floats % 4 !== 0) throw new Error(`internal: weight field ${group.key}.${name} is not vec4-aligned`);
+      fields[name] = floats / 4;
+    }
+    return fields;
+  }
+
+  /** The bound window of a weight group and the group's start inside it (in vec4s). */
+  private weights(group: WeightGroup): { resource: WebGpuResource; weightBase: number } {
+    const start = Math.floor(group.offset / WEIGHT_WINDOW_ALIGN) * WEIGHT_WINDOW_ALIGN;
+    const end = Math.max(...Object.values(group.fields).map((f) => f.offset + f.length));
+    return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (group.offset - start) / 4 };
+  }
+
+  private shader(label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number): number {
+    if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
+      throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
+    }
+    const code = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, label, common: this.common, workgroupSize, quad: QUAD });
+    const existing = this.shaderIndex.get(code);
+    if (existing !== undefined) return existing;
+    this.shaders.push({ label, code, workgroupSize, workgroupStorageBytes, storageBuffers });
+    this.shaderIndex.set(code, this.shaders.length - 1);
+    return this.shaders.length - 1;
+  }
+
+  private kernel(kernel: Omit<WebGpuKernel, 'onlyWithHiddenStates'> & { onlyWithHiddenStates?: boolean }): void {
+    this.kernels.push({ onlyWithHiddenStates: false, ...kernel });
+  }
+
+  private usePerPixel(buffer: Exclude<WebGpuBufferName, 'input'>, level: number, floats: number): void {
+    const size = this.buffers[buffer];
+    size.floatsPerPixel[level] = Math.max(size.floatsPerPixel[level], floats);
+  }
+
+  private usePerImage(buffer: Exclude<WebGpuBufferName, 'input'>, floats: number): void {
+    this.buffers[buffer].floatsPerImage = Math.max(this.buffers[buffer].floatsPerImage, floats);
+  }
+
+  private activationCode(activation: Activation): string {
+    return renderTemplate('wgsl/activation.wgsl.hbs', {
+      activation,
+      needsErfc: ['gelu', 'gelu_python', 'gelu_10', 'laplace'].includes(activation),
+      needsTanh: ['gelu_new', 'gelu_pytorch_tanh', 'gelu_accurate', 'gelu_fast', 'mish', 'tanh'].includes(activation),
+      needsSigmoid: ['quick_gelu', 'sigmoid', 'silu', 'swish'].includes(activation),
+    });
+  }
+
+  // ---- steps --------------------------------------------------------------------------------------
+
+  private stem(step: Extract<PlanStep, { op: 'stem' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const shader = this.shader(`stem (${step.out.real} channels)`, 'stem', {
+      channels4: step.out.padded / 4, realChannels: step.out.real, inChannels: step.inChannels, patch: step.patch,
+      eps: step.eps, fields: this.fields(group),
+    }, SIMPLE_WORKGROUP, 0, 3);
+    this.usePerPixel(step.dst as 'a' | 'b', 0, step.out.padded);
+    this.kernel({
+      label: 'stem', shader, step: index, level: 0, inLevel: -1, weightBase: weights.weightBase,
+      grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'input' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: step.dst as WebGpuBufferName } },
+      ],
+    });
+  }
+
+  private downsample(step: Extract<PlanStep, { op: 'downsample' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const out4 = step.out.padded / 4;
+    const columns4 = largestDivisorAtMost(out4, MATMUL_MAX_COLUMNS4);
+    const workgroupSize = (MATMUL_TILE_PIXELS / 4) * columns4;
+    const tapCount = MATMUL_TILE_PIXELS * 4;
+    const shader = this.shader(`downsample to stage ${step.level} (${step.in.real} -> ${step.out.real} channels)`, 'downsample', {
+      in4: step.in.padded / 4, inReal: step.in.real, out4, eps: step.eps, tilePixels: MATMUL_TILE_PIXELS, columns4, tapCount,
+      fields: this.fields(group),
+    }, workgroupSize, tapCount * 8, 3);
+    this.usePerPixel(step.dst as 'a' | 'b', step.level, step.out.padded);
+    this.kernel({
+      label: `stages.${step.level}.downsample`, shader, step: index, level: step.level, inLevel: step.level - 1, weightBase: weights.weightBase,
+      grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: out4 / columns4 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: step.src as WebGpuBufferName } },
+        { binding: 3, resource: { kind: 'buffer', buffer: step.dst as WebGpuBufferName } },
+      ],
+    });
+  }
+
+  private block(step: Extract<PlanStep, { op: 'block' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const fields = this.fields(group);
+    const channels4 = step.channels.padded / 4;
+    const hidden4 = step.hidden.padded / 4;
+    const name = `stages.${step.stage}.blocks.${step.index}`;
+    const src = step.src as WebGpuBufferName;
+    const dst = step.dst as WebGpuBufferName;
+    const common = { step: index, level: step.level, inLevel: null, weightBase: weights.weightBase };
+
+    const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
+      channels4, realChannels: step.channels.real, eps: step.eps, fields,
+      window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
+    }, SIMPLE_WORKGROUP, 0, 3);
+    this.usePerPixel('normed', step.level, step.channels.padded);
+    this.usePerPixel(dst as 'a' | 'b', step.level, step.channels.padded);
+    this.kernel({
+      ...common, label: `${name}: depthwise conv + LayerNorm`, shader: dwconv,
+      grid: { unit: 'rowQuads', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: src } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'normed' } },
+      ],
+    });
+
+    const activationCode = this.activationCode(step.activation);
+    if (!step.grn) {
+      const mlp = this.mlpShape(channels4, hidden4);
+      const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
+        channels4, hidden4, fields, activationCode, ...mlp,
+      }, mlp.workgroupSize, mlp.tileVec4s * 16, 4);
+      this.kernel({
+        ...common, label: `${name}: MLP`, shader,
+        grid: { unit: 'pixels', perWorkgroup: mlp.tilePixels, columnTiles: 1 },
+        bindings: [
+          { binding: 0, resource: { kind: 'params' } },
+          { binding: 1, resource: weights.resource },
+          { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
+          { binding: 3, resource: { kind: 'buffer', buffer: src } },
+          { binding: 4, resource: { kind: 'buffer', buffer: dst } },
+        ],
+      });
+      return;
+    }
+
+    // ConvNeXt V2: GRN needs the whole image's hidden activations before pwconv2.
+    this.usePerPixel('grnHidden', step.level, step.hidden.padded);
+    this.usePerImage('grnScale', step.hidden.padded);
+    const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
+    const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields, activationCode,
+    }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3);
+    this.kernel({
+      ...common, label: `${name}: pwconv1 + activation`, shader: expand,
+      grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: hidden4 / expandColumns4 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+      ],
+    });
+    const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
+      hidden4, hiddenReal: step.hidden.real, fields,
+    }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
+    this.kernel({
+      ...common, label: `${name}: GRN statistics`, shader: reduce,
+      grid: { unit: 'images', perWorkgroup: 1, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
+      ],
+    });
+    const projectColumns4 = largestDivisorAtMost(channels4, MATMUL_MAX_COLUMNS4);
+    const project = this.shader(`stage ${step.stage} block: GRN + pwconv2 + residual (${step.hidden.real} -> ${step.channels.real})`, 'grn-project', {
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields,
+    }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5);
+    this.kernel({
+      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project,
+      grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: channels4 / projectColumns4 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
+        { binding: 4, resource: { kind: 'buffer', buffer: src } },
+        { binding: 5, resource: { kind: 'buffer', buffer: dst } },
+      ],
+    });
+  }
+
+  /**
+   * Tile shape of the fused MLP: MLP_TILE_PIXELS pixels per workgroup; the hidden chunk is as wide
+   * as workgroup size and memory allow (phase A gives each invocation one 4 x 4 block of it).
+   */
+  private mlpShape(channels4: number, hidden4: number) {
+    const tilePixels = MLP_TILE_PIXELS;
+    const quads = tilePixels / 4;
+    const maxChunk4 = Math.min(Math.floor(MAX_WORKGROUP / quads), Math.floor(MAX_WORKGROUP_STORAGE / (tilePixels * 16)));
+    const chunk4 = largestDivisorAtMost(hidden4, maxChunk4);
+    const workgroupSize = quads * chunk4;
+    const outBlocks = quads * channels4;
+    const blocksPerInvocation = Math.ceil(outBlocks / workgroupSize);
+    const blocks = Array.from({ length: blocksPerInvocation }, (_, index) => ({
+      index,
+      // Only blocks past the last full round need a bounds check.
+      guarded: (index + 1) * workgroupSize > outBlocks,
+    }));
+    return { tilePixels, chunk4, chunks: hidden4 / chunk4, workgroupSize, outBlocks, blocks, tileVec4s: tilePixels * chunk4 };
+  }
+
+  private output(step: Extract<PlanStep, { op: 'output' }>, index: number): void {
+    const shader = this.shader(`output copy (${step.channels.real} channels)`, 'output', {
+      channels4: step.channels.padded / 4, realChannels: step.channels.real,
+    }, SIMPLE_WORKGROUP, 0, 2);
+    this.outputs.push({ name: step.name, level: step.level, channels: step.channels.real, onlyWithHiddenStates: step.onlyWithHiddenStates });
+    this.kernel({
+      label: step.name, shader, step: index, level: step.level, inLevel: null, weightBase: 0, onlyWithHiddenStates: step.onlyWithHiddenStates,
+      grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: { kind: 'buffer', buffer: step.src as WebGpuBufferName } },
+        { binding: 2, resource: { kind: 'output', name: step.name } },
+      ],
+    });
+  }
+
+  private featureMap(step: Extract<PlanStep, { op: 'featureMap' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const shader = this.shader(`feature map LayerNorm (${step.channels.real} channels)`, 'feature-map', {
+      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
+    }, SIMPLE_WORKGROUP, 0, 3);
+    this.outputs.push({ name: step.name, level: step.level, channels: step.channels.real, onlyWithHiddenStates: false });
+    this.kernel({
+      label: step.name, shader, step: index, level: step.level, inLevel: null, weightBase: weights.weightBase,
+      grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: step.src as WebGpuBufferName } },
+        { binding: 3, resource: { kind: 'output', name: step.name } },
+      ],
+    });
+  }
+
+  private pool(step: Extract<PlanStep, { op: 'pool' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const shader = this.shader(`pooler (${step.channels.real} channels)`, 'pool', {
+      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
+    }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 4);
+    this.usePerImage('pooled', step.channels.padded);
+    this.outputs.push({ name: 'pooler_output', level: null, channels: step.channels.real, onlyWithHiddenStates: false });
+    this.kernel({
+      label: 'pooler', shader, step: index, level: step.level, inLevel: null, weightBase: weights.weightBase,
+      grid: { unit: 'images', perWorkgroup: 1, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: step.src as WebGpuBufferName } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'pooled' } },
+        { binding: 4, resource: { kind: 'output', name: 'pooler_output' } },
+      ],
+    });
+  }
+
+  private classifier(step: Extract<PlanStep, { op: 'classifier' }>, index: number): void {
+    const group = this.group(step.weights);
+    const weights = this.weights(group);
+    const labels4 = step.labels.padded / 4;
+    const shader = this.shader(`classifier (${step.in.real} -> ${step.labels.real})`, 'classifier', {
+      channels4: step.in.padded / 4, labels4, labelsReal: step.labels.real, fields: this.fields(group),
+    }, SIMPLE_WORKGROUP, 0, 3);
+    this.outputs.push({ name: 'logits', level: null, channels: step.labels.real, onlyWithHiddenStates: false });
+    this.kernel({
+      label: 'classifier', shader, step: index, level: this.plan.levels.length - 1, inLevel: null, weightBase: weights.weightBase,
+      grid: { unit: 'images', perWorkgroup: 1, columnTiles: Math.ceil(labels4 / SIMPLE_WORKGROUP) },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: weights.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'pooled' } },
+        { binding: 3, resource: { kind: 'output', name: 'logits' } },
+      ],
+    });
+  }
+}
