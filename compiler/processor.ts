@@ -4,7 +4,9 @@
  * - ConvNextImageProcessor: `"size": {"shortest_edge": 224}`, with do_rescale/rescale_factor;
  * - the older ConvNextFeatureExtractor: `"size": 224` and no rescale fields, because that
  *   extractor always divided by 255.
- * A field that is absent (or null) takes defaultProcessorSpec()'s value.
+ * A field that is absent (or null) takes the value ConvNextImageProcessor's constructor gives it
+ * (classDefaultSpec()), as transformers would; a checkpoint with no file at all gets
+ * defaultProcessorSpec(), the preprocessing its models were trained with.
  */
 import { CxcError, show } from './errors.js';
 import type { PreprocessSpec } from '../runtime/preprocess.js';
@@ -43,6 +45,20 @@ export function defaultProcessorSpec(): PreprocessSpec {
   };
 }
 
+/**
+ * What transformers' ConvNextImageProcessor uses for a field its config file leaves out:
+ * shortest_edge 384, crop_pct 224/256, bilinear, IMAGENET_STANDARD mean/std (0.5).
+ */
+export function classDefaultSpec(): PreprocessSpec {
+  return {
+    ...defaultProcessorSpec(),
+    shortestEdge: 384,
+    resample: 2,
+    mean: [0.5, 0.5, 0.5],
+    std: [0.5, 0.5, 0.5],
+  };
+}
+
 /** Validates a parsed preprocessor_config.json; `source` names the file in error messages. */
 export function parseProcessorConfig(json: unknown, source: string): PreprocessSpec {
   const fail = (message: string, hint?: string): never => {
@@ -52,7 +68,7 @@ export function parseProcessorConfig(json: unknown, source: string): PreprocessS
     fail(`preprocessor config must be a JSON object, got ${show(json)}`);
   }
   const config = json as Record<string, unknown>;
-  const defaults = defaultProcessorSpec();
+  const defaults = classDefaultSpec();
   const present = (key: string): boolean => config[key] !== undefined && config[key] !== null;
 
   for (const key of ['image_processor_type', 'feature_extractor_type']) {

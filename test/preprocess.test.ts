@@ -324,8 +324,14 @@ describe('parseProcessorConfig', () => {
     expect(spec.mean).toEqual([0.485, 0.456, 0.406]);
   });
 
-  it('fills missing fields from defaultProcessorSpec()', () => {
-    expect(parseProcessorConfig({}, 'empty.json')).toEqual(defaultProcessorSpec());
+  it("fills missing fields as ConvNextImageProcessor's constructor does", () => {
+    expect(parseProcessorConfig({}, 'empty.json')).toEqual({
+      ...defaultProcessorSpec(),
+      shortestEdge: 384,
+      resample: 2,
+      mean: [0.5, 0.5, 0.5],
+      std: [0.5, 0.5, 0.5],
+    });
     expect(parseProcessorConfig({ crop_pct: null }, 'null.json').cropPct).toBe(224 / 256);
     expect(defaultProcessorSpec()).toEqual({
       doResize: true,
