@@ -96,7 +96,7 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     { moduleSpecifier: './runtime/assets.js', namedImports: ['loadWeights', 'readBytes'] },
     { moduleSpecifier: './runtime/types.js', namedImports: ['type ModelManifest'] },
     manifest.target === 'wasm'
-      ? { moduleSpecifier: './runtime/wasm.js', namedImports: ['createWasmBackend', 'type WasmKernelInfo'] }
+      ? { moduleSpecifier: './runtime/wasm.js', namedImports: ['createWasmBackend', 'type WasmKernelInfo', 'type WasmVariant'] }
       : { moduleSpecifier: './runtime/webgpu.js', namedImports: ['createWebGpuBackend', 'type WebGpuProgram'] },
   ]);
   index.addExportDeclarations([
@@ -116,12 +116,21 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     docs: [`What the ${manifest.target} backend runs for each plan step.`],
     declarations: [{ name: 'program', type: programType, initializer: json(program) }],
   });
+  // Literal `new URL('./file', import.meta.url)` expressions, so bundlers find and ship the files.
   const asset = (name: string) => `new URL(${JSON.stringify(`./${assets[name]}`)}, import.meta.url)`;
+  if (manifest.target === 'wasm') {
+    index.addVariableStatement({
+      declarationKind: VariableDeclarationKind.Const,
+      docs: ['The kernel builds; the backend reads only the one it runs.'],
+      declarations: [{
+        name: 'kernelFiles',
+        type: 'Record<WasmVariant, () => URL>',
+        initializer: `{ ${(['simd', 'relaxed', 'simd-shared', 'relaxed-shared'] as const).map((v) => `${JSON.stringify(v)}: () => ${asset(v)}`).join(', ')} }`,
+      }],
+    });
+  }
   const backend = manifest.target === 'wasm'
-    ? [
-        `const [simd, relaxed] = await Promise.all([readBytes(${asset('simd')}, 'WASM kernels'), readBytes(${asset('relaxed')}, 'WASM kernels')]);`,
-        'const backend = await createWasmBackend(manifest, program, { simd, relaxed }, weights, options);',
-      ]
+    ? ["const backend = await createWasmBackend(manifest, program, (variant) => readBytes(kernelFiles[variant](), 'WASM kernels'), weights, options);"]
     : ['const backend = await createWebGpuBackend(manifest, program, weights, options);'];
   index.addFunction({
     isExported: true,

@@ -25,12 +25,14 @@ export const TARGETS: Record<TargetName, Target> = {
     packing: WASM_PACKING,
     async render(plan, layout) {
       const { program, sources } = await renderWasm(plan, layout);
-      const { simd, relaxed, ...info } = program;
+      const { binaries, ...info } = program;
       return {
         program: info,
         assets: {
-          simd: { file: 'kernels.wasm', data: simd },
-          relaxed: { file: 'kernels-relaxed.wasm', data: relaxed },
+          simd: { file: 'kernels.wasm', data: binaries.simd },
+          relaxed: { file: 'kernels-relaxed.wasm', data: binaries.relaxed },
+          'simd-shared': { file: 'kernels-shared.wasm', data: binaries['simd-shared'] },
+          'relaxed-shared': { file: 'kernels-relaxed-shared.wasm', data: binaries['relaxed-shared'] },
           source: { file: 'kernels.wat', data: sources.simd },
         },
       };

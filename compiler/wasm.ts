@@ -9,19 +9,31 @@ import wabtInit from 'wabt';
 import { findGroup, type WeightLayout, type Packing } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
-import type { WasmProgram, WasmStepKernels } from '../runtime/wasm.js';
+import type { WasmKernelInfo, WasmStepKernels, WasmVariant } from '../runtime/wasm.js';
 
 /** Channels padded to 8 (two f32x4 vectors): the GEMM microkernel's column panel. */
 export const WASM_PACKING: Packing = { channelAlign: 8, panelWidth: 8 };
 
-/** Rows of the GEMM register block: 4 rows x 8 columns = 8 accumulators, 11 live vectors. */
+/**
+ * Rows of the GEMM register block: 4 rows x 8 columns = 8 accumulators, plus two weight
+ * vectors and one broadcast. Measured on V8 (Node 20, x64): 6 rows spill and run ~20%
+ * slower; unrolling K (4x) also ran slower than a tight loop.
+ */
 const GEMM_ROWS = 4;
+/** Leftover rows (fewer than GEMM_ROWS) run as blocks of these sizes, largest first; with each at most once they cover every count below GEMM_ROWS. */
+const GEMM_TAILS = [4, 2, 1].filter((t) => t < GEMM_ROWS);
+/** Steps of K per loop iteration (K is always a multiple of 8: padded channels); see GEMM_ROWS. */
+const GEMM_UNROLL = 1;
 /** Per-tile working set target (dwconv rows + hidden rows), to stay inside L2. */
 const TILE_BUDGET_BYTES = 256 * 1024;
 /** Weights start after the first 64 KiB page, kept free so address 0 is never a tensor. */
 export const WEIGHTS_BASE = 65536;
 
 interface GemmSpec { name: string; k: number; n: number; epilogue: 'bias' | 'act' | 'act_sumsq' | 'residual' }
+
+export interface WasmProgram extends WasmKernelInfo {
+  binaries: Record<WasmVariant, Uint8Array>;
+}
 
 export interface RenderedWasm {
   program: WasmProgram;
@@ -159,18 +171,22 @@ export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promis
 
   const weightBytes = plan.weightFloats * 4;
   const minPages = Math.ceil((WEIGHTS_BASE + weightBytes) / 65536) + 1;
-  const render = (relaxed: boolean) => {
-    const gemmSources = [...gemms.values()].map((g) => renderTemplate('wasm/gemm.wat.hbs', {
-      ...g, relaxed, mr: GEMM_ROWS, panels: g.n / 8, panelBytes: g.k * 32, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
-    }));
+  const render = (relaxed: boolean, shared: boolean) => {
+    const gemmSources = [...gemms.values()].map((g) => {
+      if (g.k % GEMM_UNROLL !== 0 || g.n % 8 !== 0) throw new Error(`internal: GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
+      return renderTemplate('wasm/gemm.wat.hbs', {
+        ...g, relaxed, mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL, unrolled: Array.from({ length: GEMM_UNROLL }, (_, i) => i),
+        kSteps: g.k / GEMM_UNROLL, panels: g.n / 8, panelBytes: g.k * 32, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
+      });
+    });
     return renderTemplate('wasm/module.wat.hbs', {
       architecture: spec.architecture, description: relaxed ? 'relaxed SIMD (FMA)' : 'SIMD128',
-      minPages, maxPages: 65536, shared: false,
+      minPages, maxPages: 65536, shared,
       math: renderTemplate('wasm/math.wat.hbs', { activation: spec.hiddenAct }),
       kernels: [...kernels, ...gemmSources],
     });
   };
-  const sources = { simd: render(false), relaxed: render(true) };
+  const sources = { simd: render(false, false), relaxed: render(true, false) };
   const wabt = await wabtInit();
   const assemble = (text: string, relaxed: boolean): Uint8Array => {
     const module = wabt.parseWat(`${spec.architecture}.wat`, text, { simd: true, relaxed_simd: relaxed, threads: true });
@@ -186,8 +202,13 @@ export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promis
     midFloats,
     hiddenFloats,
     steps: stepKernels,
-    simd: assemble(sources.simd, false),
-    relaxed: assemble(sources.relaxed, true),
+    binaries: {
+      simd: assemble(sources.simd, false),
+      relaxed: assemble(sources.relaxed, true),
+      // Threads need the memory declared shared; the kernels are otherwise identical.
+      'simd-shared': assemble(render(false, true), false),
+      'relaxed-shared': assemble(render(true, true), true),
+    },
   };
   return { program, sources };
 }

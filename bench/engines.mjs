@@ -1,0 +1,99 @@
+// One process, one set of Node flags: loads every engine once, then times them in
+// alternation (round-robin), so they share the machine's state. Prints JSON.
+// Usage: node [--experimental-wasm-relaxed-simd] bench/engines.mjs --threads T --batch B --runs N --engines a,b,c
+import { readFileSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    threads: { type: 'string', default: '1' },
+    batch: { type: 'string', default: '1' },
+    runs: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '2' },
+    engines: { type: 'string', default: 'cxc,ort-web,ort-node' },
+    module: { type: 'string' },
+    onnx: { type: 'string' },
+    golden: { type: 'string' },
+  },
+});
+const threads = Number(values.threads);
+const batch = Number(values.batch);
+const runs = Number(values.runs);
+const warmup = Number(values.warmup);
+const engines = values.engines.split(',');
+
+// The input: golden pixel_values (batch 2), repeated to the batch size, so logits can be checked.
+const { readSafetensors } = await import('../dist/compiler/safetensors.js');
+const golden = readSafetensors(new Uint8Array(readFileSync(values.golden)), values.golden);
+const goldenPixels = golden.get('pixel_values');
+const goldenLogits = golden.get('logits').data;
+const [goldenBatch, channels, height, width] = goldenPixels.shape;
+const image = channels * height * width;
+const input = new Float32Array(batch * image);
+for (let b = 0; b < batch; b++) input.set(goldenPixels.data.subarray((b % goldenBatch) * image, (b % goldenBatch + 1) * image), b * image);
+const labels = goldenLogits.length / goldenBatch;
+
+function checkLogits(name, logits) {
+  let maxError = 0;
+  let maxGolden = 0;
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < labels; i++) {
+      const g = goldenLogits[(b % goldenBatch) * labels + i];
+      maxError = Math.max(maxError, Math.abs(logits[b * labels + i] - g));
+      maxGolden = Math.max(maxGolden, Math.abs(g));
+    }
+  }
+  if (!(maxError <= 1e-4 * Math.max(1, maxGolden))) throw new Error(`${name}: logits off the golden by ${maxError}; refusing to time wrong work`);
+  return maxError;
+}
+
+const rssBefore = process.memoryUsage().rss;
+const contenders = [];
+for (const engine of engines) {
+  const started = performance.now();
+  if (engine === 'cxc') {
+    const { load } = await import(pathToFileURL(`${values.module}/index.js`).href);
+    const model = await load({ threads });
+    const run = async () => (await model.run(input, { batch, height, width })).logits;
+    contenders.push({ engine, detail: model.backend, run });
+  } else if (engine === 'ort-web') {
+    const ort = await import('onnxruntime-web');
+    ort.env.wasm.numThreads = threads;
+    ort.env.wasm.wasmPaths = pathToFileURL(fileURLToPath(new URL('../node_modules/onnxruntime-web/dist/', import.meta.url))).href;
+    const session = await ort.InferenceSession.create(values.onnx, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+    const tensor = new ort.Tensor('float32', input, [batch, channels, height, width]);
+    const run = async () => (await session.run({ pixel_values: tensor })).logits.data;
+    contenders.push({ engine, detail: `onnxruntime-web ${ort.env.versions?.web ?? ''} wasm, ${threads} thread(s)`, run });
+  } else if (engine === 'ort-node') {
+    const ort = await import('onnxruntime-node');
+    const session = await ort.InferenceSession.create(values.onnx, { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    const tensor = new ort.Tensor('float32', input, [batch, channels, height, width]);
+    const run = async () => (await session.run({ pixel_values: tensor })).logits.data;
+    contenders.push({ engine, detail: `onnxruntime-node cpu, ${threads} thread(s)`, run });
+  } else {
+    throw new Error(`unknown engine ${engine}`);
+  }
+  const last = contenders[contenders.length - 1];
+  const firstStarted = performance.now();
+  last.maxError = checkLogits(engine, await last.run());
+  last.loadMs = firstStarted - started;
+  last.firstRunMs = performance.now() - firstStarted;
+  last.times = [];
+}
+for (let i = 0; i < warmup; i++) for (const c of contenders) await c.run();
+for (let i = 0; i < runs; i++) {
+  for (const c of contenders) {
+    const t0 = performance.now();
+    await c.run();
+    c.times.push(performance.now() - t0);
+  }
+}
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+console.log(JSON.stringify({
+  threads, batch, runs,
+  relaxedFlag: process.execArgv.includes('--experimental-wasm-relaxed-simd'),
+  rssMiB: (process.memoryUsage().rss - rssBefore) / 2 ** 20,
+  results: contenders.map((c) => ({ engine: c.engine, detail: c.detail, medianMs: median(c.times), minMs: Math.min(...c.times), loadMs: c.loadMs, firstRunMs: c.firstRunMs, maxError: c.maxError })),
+}));
+process.exit(0);
