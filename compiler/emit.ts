@@ -93,7 +93,7 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
   ]);
   index.addImportDeclarations([
     { moduleSpecifier: './runtime/model.js', namedImports: ['createModel', 'type ConvNextModel', 'type LoadOptions'] },
-    { moduleSpecifier: './runtime/assets.js', namedImports: ['loadWeights', 'readBytes'] },
+    { moduleSpecifier: './runtime/assets.js', namedImports: manifest.target === 'wasm' ? ['readBytes'] : ['loadWeights'] },
     { moduleSpecifier: './runtime/types.js', namedImports: ['type ModelManifest'] },
     manifest.target === 'wasm'
       ? { moduleSpecifier: './runtime/wasm.js', namedImports: ['createWasmBackend', 'type WasmKernelInfo', 'type WasmVariant'] }
@@ -129,9 +129,15 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
       }],
     });
   }
+  const weightsSource = `options.weights ?? new URL(${JSON.stringify(`./${manifest.weights.file}`)}, import.meta.url)`;
   const backend = manifest.target === 'wasm'
-    ? ["const backend = await createWasmBackend(manifest, program, (variant) => readBytes(kernelFiles[variant](), 'WASM kernels'), weights, options);"]
-    : ['const backend = await createWebGpuBackend(manifest, program, weights, options);'];
+    ? [`const backend = await createWasmBackend(manifest, program, (variant) => readBytes(kernelFiles[variant](), 'WASM kernels'), ${weightsSource}, options);`]
+    : [
+        `const bytes = await loadWeights(${weightsSource}, manifest, options.onProgress);`,
+        '// a Float32Array view needs 4-byte alignment',
+        'const weights = bytes.byteOffset % 4 === 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4) : new Float32Array(bytes.slice().buffer);',
+        'const backend = await createWebGpuBackend(manifest, program, weights, options);',
+      ];
   index.addFunction({
     isExported: true,
     isAsync: true,
@@ -143,7 +149,6 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
       ...(manifest.weights.checksum === null
         ? [`if (options.weights === undefined) throw new Error(${JSON.stringify(`cxc: ${manifest.name} was built from a bare config and has no weights of its own: pass load({ weights }) a file made by \`cxc weights model.safetensors --config config.json\``)});`]
         : []),
-      `const weights = await loadWeights(options.weights ?? new URL(${JSON.stringify(`./${manifest.weights.file}`)}, import.meta.url), manifest, options.onProgress);`,
       ...backend,
       'return createModel(manifest, backend);',
     ],

@@ -58,28 +58,75 @@ function toUrl(text: string): URL | undefined {
   return undefined;
 }
 
-/** Reads the weights file and proves it is the one this module was built for. */
-export async function loadWeights(source: ByteSource, manifest: ModelManifest, onProgress?: ProgressCallback): Promise<Float32Array> {
-  const bytes = await readBytes(source, 'weights', onProgress);
+export interface WeightsDestination {
+  /** Where to put the file's bytes (exactly manifest.weights.floats * 4 long): read straight into it. */
+  into: Uint8Array;
+  /** A faster checksum over `into` than the JavaScript one (the WASM backend's). */
+  checksum?: () => number;
+}
+
+/**
+ * Reads the weights file and proves it is the one this module was built for: the size
+ * before reading where it can be known, then the checksum. With a destination, the bytes
+ * go straight into it (the WASM backend's memory), with no second copy.
+ */
+export async function loadWeights(source: ByteSource, manifest: ModelManifest, onProgress?: ProgressCallback, destination?: WeightsDestination): Promise<Uint8Array> {
   const expected = manifest.weights.floats * 4;
-  if (bytes.byteLength !== expected) {
-    throw new Error(
-      `cxc: the weights file ${describe(source)} is ${bytes.byteLength} bytes but ${manifest.name} expects ${expected}: ` +
+  const wrongSize = (actual: number) =>
+    new Error(
+      `cxc: the weights file ${describe(source)} is ${actual} bytes but ${manifest.name} expects ${expected}: ` +
         'it was packed for a different config or target, or it is truncated (make it with `cxc weights model.safetensors --config config.json`)',
     );
+  let bytes: Uint8Array;
+  const url = typeof source === 'string' ? toUrl(source) : source instanceof URL ? source : undefined;
+  if (destination && isNode && (typeof source === 'string' || source instanceof URL) && (url === undefined || url.protocol === 'file:')) {
+    bytes = await readFileInto(url ?? (source as string), destination.into, wrongSize, onProgress);
+  } else {
+    bytes = await readBytes(source, 'weights', onProgress);
+    if (bytes.byteLength !== expected) throw wrongSize(bytes.byteLength);
+    if (destination) {
+      destination.into.set(bytes);
+      bytes = destination.into;
+    }
   }
   // A module built from a bare config knows the layout but not the checkpoint: size is all it can check.
-  const sum = manifest.weights.checksum === null ? null : checksum32(bytes);
-  if (sum !== manifest.weights.checksum) {
-    throw new Error(
-      `cxc: the weights file ${describe(source)} has checksum ${sum!.toString(16)} but ${manifest.name} was built for ${manifest.weights.checksum!.toString(16)}: ` +
-        'it is corrupt or belongs to another checkpoint',
-    );
+  if (manifest.weights.checksum !== null) {
+    const sum = destination?.checksum ? destination.checksum() : checksum32(bytes);
+    if (sum !== manifest.weights.checksum) {
+      throw new Error(
+        `cxc: the weights file ${describe(source)} has checksum ${sum.toString(16)} but ${manifest.name} was built for ${manifest.weights.checksum.toString(16)}: ` +
+          'it is corrupt or belongs to another checkpoint',
+      );
+    }
   }
-  // Copy into an aligned buffer: a Float32Array view needs 4-byte alignment.
-  return bytes.byteOffset % 4 === 0
-    ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
-    : new Float32Array(bytes.slice().buffer);
+  return bytes;
+}
+
+/** Node: the file's size first, then its bytes straight into `into`. */
+async function readFileInto(path: string | URL, into: Uint8Array, wrongSize: (n: number) => Error, onProgress?: ProgressCallback): Promise<Uint8Array> {
+  type Handle = { stat(): Promise<{ size: number }>; read(b: Uint8Array, o: number, l: number, p: number): Promise<{ bytesRead: number }>; close(): Promise<void> };
+  const fs = (await import(/* @vite-ignore */ 'node:fs/promises' as string)) as { open(p: string | URL, flags: string): Promise<Handle> };
+  let handle: Handle;
+  try {
+    handle = await fs.open(path, 'r');
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    throw new Error(`cxc: cannot read the weights file ${String(path)}${code ? ` (${code})` : ''}`, { cause: error });
+  }
+  try {
+    const { size } = await handle.stat();
+    if (size !== into.byteLength) throw wrongSize(size);
+    const chunk = 16 * 2 ** 20;
+    for (let at = 0; at < size; ) {
+      const { bytesRead } = await handle.read(into, at, Math.min(chunk, size - at), at);
+      if (bytesRead === 0) throw wrongSize(at);
+      at += bytesRead;
+      onProgress?.({ loaded: at, total: size, what: 'weights' });
+    }
+    return into;
+  } finally {
+    await handle.close();
+  }
 }
 
 function describe(source: ByteSource): string {

@@ -5,6 +5,8 @@
  * named for it, once per image. With threads, the pixel range of each spatial step
  * is split between the calling thread and workers that share the memory.
  */
+import { loadWeights, type ByteSource, type ProgressCallback } from './assets.js';
+import { finishChecksum } from './checksum.js';
 import { levelSizes } from './shapes.js';
 import type { Backend, ModelManifest, PlanStep, RawOutputs } from './types.js';
 
@@ -37,6 +39,7 @@ export interface WasmBackendOptions {
   relaxedSimd?: boolean;
   /** Threads, the calling one included (default 1). Needs SharedArrayBuffer (cross-origin isolation in browsers). */
   threads?: number;
+  onProgress?: ProgressCallback;
 }
 
 type Kernel = (...args: number[]) => void;
@@ -123,7 +126,7 @@ export async function createWasmBackend(
   manifest: ModelManifest,
   info: WasmKernelInfo,
   loadBinary: WasmBinaryLoader,
-  weights: Float32Array,
+  weightsSource: ByteSource,
   options: WasmBackendOptions = {},
 ): Promise<Backend> {
   if (info.steps.length !== manifest.steps.length) {
@@ -146,11 +149,19 @@ export async function createWasmBackend(
     }
   }
   const module = await WebAssembly.compile(bytes);
-  const arenaBase = align(info.weightsBase + weights.byteLength);
+  const weightBytes = manifest.weights.floats * 4;
+  const arenaBase = align(info.weightsBase + weightBytes);
   const memory = new WebAssembly.Memory({ initial: Math.ceil(arenaBase / PAGE) + 1, maximum: MAX_PAGES, shared });
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
-  new Float32Array(memory.buffer, info.weightsBase, weights.length).set(weights);
   const kernels = instance.exports as Record<string, Kernel>;
+  // The weights are read straight into linear memory and checksummed there, four lanes at a time.
+  const weightsView = new Uint8Array(memory.buffer, info.weightsBase, weightBytes);
+  const checksum = () => {
+    const blocks = weightBytes >>> 4;
+    kernels.checksum_lanes(info.weightsBase, blocks, 0);
+    return finishChecksum(new Int32Array(memory.buffer, 0, 4), weightsView.subarray(blocks * 16), weightBytes);
+  };
+  await loadWeights(weightsSource, manifest, options.onProgress, { into: weightsView, checksum });
   const exportNames = [...new Set(info.steps.flatMap((s) => s.exports))];
   for (const name of exportNames) {
     if (typeof kernels[name] !== 'function') throw new Error(`cxc: WASM module lacks kernel ${name} (corrupt module)`);

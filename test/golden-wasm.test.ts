@@ -19,17 +19,19 @@ const CASES = [
 
 describe.each(CASES)('WASM golden: $name', ({ dir, golden: goldenCase }) => {
   let built: BuiltModule;
-  let model: ConvNextModel;
+  const models: Record<string, ConvNextModel> = {};
   beforeAll(async () => {
     built = await buildToTemp({ input: goldenPath('models', dir), target: 'wasm' });
-    model = await built.load();
   });
   afterAll(() => {
-    model?.dispose();
+    for (const model of Object.values(models)) model.dispose();
     built?.remove();
   });
 
-  test('every output within 1e-4 x max(1, max|golden|)', async () => {
+  // Two threads split every spatial kernel's pixels (and V2's GRN sums) between workers.
+  test.each([1, 2])('every output within 1e-4 x max(1, max|golden|), %i thread(s)', async (threads) => {
+    const model = (models[threads] = await built.load({ threads }));
+    expect(model.backend).toMatch(new RegExp(`${threads} threads?`));
     const golden = readGolden('models', goldenCase, 'golden.safetensors');
     const input = golden.get('pixel_values')!;
     const [batch, , height, width] = input.shape;
