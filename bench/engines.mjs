@@ -94,6 +94,7 @@ console.log(JSON.stringify({
   threads, batch, runs,
   relaxedFlag: process.execArgv.includes('--experimental-wasm-relaxed-simd'),
   rssMiB: (process.memoryUsage().rss - rssBefore) / 2 ** 20,
+  maxRssMiB: process.resourceUsage().maxRSS / 1024,
   results: contenders.map((c) => ({ engine: c.engine, detail: c.detail, medianMs: median(c.times), minMs: Math.min(...c.times), loadMs: c.loadMs, firstRunMs: c.firstRunMs, maxError: c.maxError })),
 }));
 process.exit(0);
