@@ -128,6 +128,6 @@ describe.skipIf(!hasGolden())('reference against the goldens', () => {
         expect(outputs.has('feature_maps.0')).toBe(false);
       }
       console.log(`reference ${c.folder}: ${report.join(', ')}`);
-    }, 60_000);
+    }, 120_000);
   }
 });

@@ -106,16 +106,21 @@ function conv2d(
       const firstIn = Math.floor(co / coutPerGroup) * cinPerGroup;
       for (let oy = 0; oy < h; oy++) {
         for (let ox = 0; ox < w; ox++) {
+          // Taps that land inside the input (zero padding contributes nothing).
+          const top = oy * stride - pad;
+          const left = ox * stride - pad;
+          const kyFrom = Math.max(0, -top);
+          const kyTo = Math.min(k, x.h - top);
+          const kxFrom = Math.max(0, -left);
+          const kxTo = Math.min(k, x.w - left);
           let sum = bias[co];
           for (let ci = 0; ci < cinPerGroup; ci++) {
-            for (let ky = 0; ky < k; ky++) {
-              const iy = oy * stride - pad + ky;
-              if (iy < 0 || iy >= x.h) continue;
-              for (let kx = 0; kx < k; kx++) {
-                const ix = ox * stride - pad + kx;
-                if (ix < 0 || ix >= x.w) continue;
-                sum += weight[((co * cinPerGroup + ci) * k + ky) * k + kx] * x.data[at(x, n, firstIn + ci, iy, ix)];
-              }
+            const plane = at(x, n, firstIn + ci, 0, 0); // start of input channel firstIn + ci
+            const kernel = (co * cinPerGroup + ci) * k * k; // start of its k x k weights
+            for (let ky = kyFrom; ky < kyTo; ky++) {
+              const inputRow = plane + (top + ky) * x.w + left;
+              const weightRow = kernel + ky * k;
+              for (let kx = kxFrom; kx < kxTo; kx++) sum += weight[weightRow + kx] * x.data[inputRow + kx];
             }
           }
           out.data[at(out, n, co, oy, ox)] = sum;
@@ -166,8 +171,9 @@ function linear(x: Float64Array, weight: Float32Array, bias: Float32Array, outFe
   const inFeatures = x.length;
   const y = new Float64Array(outFeatures);
   for (let o = 0; o < outFeatures; o++) {
+    const row = o * inFeatures;
     let sum = bias[o];
-    for (let i = 0; i < inFeatures; i++) sum += weight[o * inFeatures + i] * x[i];
+    for (let i = 0; i < inFeatures; i++) sum += weight[row + i] * x[i];
     y[o] = sum;
   }
   return y;
