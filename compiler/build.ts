@@ -15,6 +15,8 @@ import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
 import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
 import { emitModule } from './emit.js';
+import { floatsToHalves } from './half.js';
+import { checksum32 } from '../runtime/checksum.js';
 import { TARGETS, type TargetName } from './targets.js';
 import type { ModelManifest } from '../runtime/types.js';
 import type { PreprocessSpec } from '../runtime/preprocess.js';
@@ -86,6 +88,8 @@ export function loadModelSource(source: ModelSource): LoadedModel {
 
 export interface CompileOptions extends ModelSource {
   target: TargetName;
+  /** How weights.bin stores the weights: float32 (default) or float16, half the size. */
+  weightsDtype?: 'f32' | 'f16';
   /** npm package name of the output (default: derived from the folder name and target). */
   packageName?: string;
   packageVersion?: string;
@@ -118,6 +122,8 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   const rendered = await target.render(plan, layout);
 
   const name = options.packageName ?? packageNameFor(loaded.baseName, options.target);
+  const weightsDtype = options.weightsDtype ?? 'f32';
+  const weightsFile = packed ? weightsFileBytes(packed.data, weightsDtype, loaded.weightsPath!) : undefined;
   const manifest: ModelManifest = {
     name,
     target: options.target,
@@ -138,16 +144,23 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
     minInputSize: plan.minInputSize,
     levels: plan.levels,
     steps: plan.steps,
-    weights: { file: 'weights.bin', floats: layout.floats, checksum: packed ? packed.checksum : null },
+    weights: { file: 'weights.bin', dtype: weightsDtype, floats: layout.floats, checksum: weightsFile ? checksum32(weightsFile) : null },
   };
   const assetNames = Object.fromEntries(Object.keys(rendered.assets).map((key) => [key, rendered.assets[key].file]));
   const emitted = emitModule({ manifest, program: rendered.program, assets: assetNames });
   const files = new Map<string, string | Uint8Array>(emitted);
   for (const asset of Object.values(rendered.assets)) files.set(asset.file, asset.data);
-  if (packed) files.set('weights.bin', new Uint8Array(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength));
+  if (weightsFile) files.set('weights.bin', weightsFile);
   files.set('package.json', `${JSON.stringify(packageJson(manifest, options.packageVersion ?? '1.0.0', [...files.keys()]), null, 2)}\n`);
   files.set('README.md', packageReadme(manifest, Boolean(packed)));
   return { manifest, plan, layout, files };
+}
+
+/** The bytes of weights.bin: the packed float32 weights, or the same rounded to float16. */
+export function weightsFileBytes(data: Float32Array, dtype: 'f32' | 'f16', source: string): Uint8Array {
+  if (dtype === 'f32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const halves = floatsToHalves(data, source);
+  return new Uint8Array(halves.buffer, halves.byteOffset, halves.byteLength);
 }
 
 /** Marks an output folder as cxc's own, so a rebuild may replace it. */

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command, Option } from 'commander';
-import { buildModule, loadModelSource } from './build.js';
+import { buildModule, loadModelSource, weightsFileBytes } from './build.js';
+import { checksum32 } from '../runtime/checksum.js';
 import { bindCheckpoint } from './checkpoint.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
@@ -104,11 +105,15 @@ program
   .option('--weights <file>', 'model.safetensors given separately')
   .option('--processor <file>', 'preprocessor_config.json given separately')
   .option('--package <name[@version]>', 'npm package name (default: <folder>-<target>)')
+  .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
   .option('--force', 'replace a non-empty output folder that cxc did not make', false)
-  .action(async (input: string, options: { target: TargetName; out: string; weights?: string; processor?: string; package?: string; force: boolean }) => {
+  .action(async (input: string, options: { target: TargetName; out: string; weights?: string; processor?: string; package?: string; force: boolean; weightsDtype: 'f32' | 'f16' }) => {
     const [packageName, packageVersion] = splitPackage(options.package);
     const started = performance.now();
-    const built = await buildModule({ input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion, outDir: options.out, force: options.force });
+    const built = await buildModule({
+      input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion,
+      outDir: options.out, force: options.force, weightsDtype: options.weightsDtype,
+    });
     const weights = built.files.get('weights.bin');
     console.log(
       `built ${built.manifest.name} (${built.manifest.architecture}, ${options.target}) in ${options.out}: ` +
@@ -123,13 +128,15 @@ program
   .argument('<safetensors>', 'model.safetensors')
   .requiredOption('--config <file>', 'the config.json the module was built from')
   .addOption(targetOption())
+  .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
   .requiredOption('-o, --out <file>', 'weights file to write')
-  .action((weightsPath: string, options: { config: string; target: TargetName; out: string }) => {
+  .action((weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
     const loaded = loadModelSource({ input: options.config, weights: weightsPath });
     const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
     const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint);
-    writeFileSync(options.out, new Uint8Array(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength));
-    console.log(`wrote ${options.out}: ${(packed.data.byteLength / 2 ** 20).toFixed(1)} MiB, checksum ${packed.checksum.toString(16)}`);
+    const bytes = weightsFileBytes(packed.data, options.weightsDtype, weightsPath);
+    writeFileSync(options.out, bytes);
+    console.log(`wrote ${options.out}: ${(bytes.byteLength / 2 ** 20).toFixed(1)} MiB (${options.weightsDtype}), checksum ${checksum32(bytes).toString(16)}`);
   });
 
 program

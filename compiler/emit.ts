@@ -25,7 +25,7 @@ function runtimeDir(): string {
 /** Runtime files each target's module needs (the other target's backend stays out). */
 const RUNTIME_FILES: Record<ModelManifest['target'], string[]> = {
   wasm: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'wasm.ts'],
-  webgpu: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'webgpu.ts'],
+  webgpu: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'half.ts', 'webgpu.ts'],
 };
 
 export interface EmitInput {
@@ -95,6 +95,7 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     { moduleSpecifier: './runtime/model.js', namedImports: ['createModel', 'type ConvNextModel', 'type LoadOptions'] },
     { moduleSpecifier: './runtime/assets.js', namedImports: manifest.target === 'wasm' ? ['readBytes'] : ['loadWeights'] },
     { moduleSpecifier: './runtime/types.js', namedImports: ['type ModelManifest'] },
+    ...(manifest.target === 'webgpu' && manifest.weights.dtype === 'f16' ? [{ moduleSpecifier: './runtime/half.js', namedImports: ['halvesToFloats'] }] : []),
     manifest.target === 'wasm'
       ? { moduleSpecifier: './runtime/wasm.js', namedImports: ['createWasmBackend', 'type WasmKernelInfo', 'type WasmVariant'] }
       : { moduleSpecifier: './runtime/webgpu.js', namedImports: ['createWebGpuBackend', 'type WebGpuProgram'] },
@@ -134,8 +135,11 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     ? [`const backend = await createWasmBackend(manifest, program, (variant) => readBytes(kernelFiles[variant](), 'WASM kernels'), ${weightsSource}, options);`]
     : [
         `const bytes = await loadWeights(${weightsSource}, manifest, options.onProgress);`,
-        '// a Float32Array view needs 4-byte alignment',
-        'const weights = bytes.byteOffset % 4 === 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4) : new Float32Array(bytes.slice().buffer);',
+        '// typed-array views need aligned offsets: copy when the file landed unaligned',
+        'const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();',
+        ...(manifest.weights.dtype === 'f16'
+          ? ['const weights = halvesToFloats(new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2));']
+          : ['const weights = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);']),
         'const backend = await createWebGpuBackend(manifest, program, weights, options);',
       ];
   index.addFunction({

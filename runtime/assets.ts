@@ -59,7 +59,7 @@ function toUrl(text: string): URL | undefined {
 }
 
 export interface WeightsDestination {
-  /** Where to put the file's bytes (exactly manifest.weights.floats * 4 long): read straight into it. */
+  /** Where to put the file's bytes (exactly the file's size): read straight into it. */
   into: Uint8Array;
   /** A faster checksum over `into` than the JavaScript one (the WASM backend's). */
   checksum?: () => number;
@@ -71,7 +71,7 @@ export interface WeightsDestination {
  * go straight into it (the WASM backend's memory), with no second copy.
  */
 export async function loadWeights(source: ByteSource, manifest: ModelManifest, onProgress?: ProgressCallback, destination?: WeightsDestination): Promise<Uint8Array> {
-  const expected = manifest.weights.floats * 4;
+  const expected = manifest.weights.floats * (manifest.weights.dtype === 'f16' ? 2 : 4);
   const wrongSize = (actual: number) =>
     new Error(
       `cxc: the weights file ${describe(source)} is ${actual} bytes but ${manifest.name} expects ${expected}: ` +

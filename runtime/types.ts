@@ -62,6 +62,8 @@ export interface ModelManifest {
   weights: {
     /** File name next to the module. */
     file: string;
+    /** How the file stores them: float32, or float16 (half the size; widened to float32 at load). */
+    dtype: 'f32' | 'f16';
     floats: number;
     /** Checksum of the packed weights; null when built from a bare config (weights come at load). */
     checksum: number | null;

@@ -151,17 +151,21 @@ export async function createWasmBackend(
   const module = await WebAssembly.compile(bytes);
   const weightBytes = manifest.weights.floats * 4;
   const arenaBase = align(info.weightsBase + weightBytes);
-  const memory = new WebAssembly.Memory({ initial: Math.ceil(arenaBase / PAGE) + 1, maximum: MAX_PAGES, shared });
+  // A float16 weights file is staged in the (not yet used) arena, then widened into place.
+  const fileBytes = manifest.weights.dtype === 'f16' ? manifest.weights.floats * 2 : weightBytes;
+  const fileAt = manifest.weights.dtype === 'f16' ? arenaBase : info.weightsBase;
+  const memory = new WebAssembly.Memory({ initial: Math.ceil((fileAt + fileBytes) / PAGE) + 1, maximum: MAX_PAGES, shared });
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const kernels = instance.exports as Record<string, Kernel>;
-  // The weights are read straight into linear memory and checksummed there, four lanes at a time.
-  const weightsView = new Uint8Array(memory.buffer, info.weightsBase, weightBytes);
+  // The weights file is read straight into linear memory and checksummed there, four lanes at a time.
+  const fileView = new Uint8Array(memory.buffer, fileAt, fileBytes);
   const checksum = () => {
-    const blocks = weightBytes >>> 4;
-    kernels.checksum_lanes(info.weightsBase, blocks, 0);
-    return finishChecksum(new Int32Array(memory.buffer, 0, 4), weightsView.subarray(blocks * 16), weightBytes);
+    const blocks = fileBytes >>> 4;
+    kernels.checksum_lanes(fileAt, blocks, 0);
+    return finishChecksum(new Int32Array(memory.buffer, 0, 4), fileView.subarray(blocks * 16), fileBytes);
   };
-  await loadWeights(weightsSource, manifest, options.onProgress, { into: weightsView, checksum });
+  await loadWeights(weightsSource, manifest, options.onProgress, { into: fileView, checksum });
+  if (manifest.weights.dtype === 'f16') kernels.f16_to_f32(fileAt, info.weightsBase, manifest.weights.floats);
   const exportNames = [...new Set(info.steps.flatMap((s) => s.exports))];
   for (const name of exportNames) {
     if (typeof kernels[name] !== 'function') throw new Error(`cxc: WASM module lacks kernel ${name} (corrupt module)`);
