@@ -5,6 +5,7 @@
 import type { Packing, WeightLayout } from './layout.js';
 import type { KernelPlan } from './plan.js';
 import { renderWasm, WASM_PACKING } from './wasm.js';
+import { renderWebGpu, WEBGPU_PACKING } from './webgpu.js';
 
 export type TargetName = 'wasm' | 'webgpu';
 
@@ -39,9 +40,10 @@ export const TARGETS: Record<TargetName, Target> = {
     },
   },
   webgpu: {
-    packing: { channelAlign: 4, panelWidth: 0 },
-    async render() {
-      throw new Error('internal: the webgpu target is not wired in yet');
+    packing: WEBGPU_PACKING,
+    async render(plan, layout) {
+      const program = renderWebGpu(plan, layout);
+      return { program, assets: {} };
     },
   },
 };
