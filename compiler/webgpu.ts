@@ -42,8 +42,10 @@ const SIMPLE_WORKGROUP = 64;
 const MATMUL_TILE_PIXELS = 16;
 /** Most output vec4s per workgroup of the column-tiled matrix kernels. */
 const MATMUL_MAX_COLUMNS4 = 16;
-/** Pixels per workgroup of the fused MLP. */
-const MLP_TILE_PIXELS = 16;
+/** Fused MLP: candidate pixels per workgroup (largest first), target invocations, most output blocks per invocation. */
+const MLP_TILE_PIXELS = [16, 8, 4];
+const MLP_WORKGROUP = 64;
+const MLP_MAX_BLOCKS = 3;
 
 const QUAD = [0, 1, 2, 3];
 
@@ -309,23 +311,28 @@ class ProgramBuilder {
   }
 
   /**
-   * Tile shape of the fused MLP: MLP_TILE_PIXELS pixels per workgroup; the hidden chunk is as wide
-   * as workgroup size and memory allow (phase A gives each invocation one 4 x 4 block of it).
+   * Tile shape of the fused MLP. Measured on SwiftShader (the CPU adapter CI has): workgroups of
+   * 192-256 invocations ran up to 2x slower and compiled 3-5x slower than 64, and more than 3
+   * output blocks per invocation (12+ live accumulator vec4s) lost again to register spills. So:
+   * ~64 invocations, each owning one 4 x 4 hidden block per chunk (phase A) and at most 3
+   * 4 x 4 output blocks (phase B), with as many pixels per tile as that allows (weight reuse).
    */
   private mlpShape(channels4: number, hidden4: number) {
-    const tilePixels = MLP_TILE_PIXELS;
-    const quads = tilePixels / 4;
-    const maxChunk4 = Math.min(Math.floor(MAX_WORKGROUP / quads), Math.floor(MAX_WORKGROUP_STORAGE / (tilePixels * 16)));
-    const chunk4 = largestDivisorAtMost(hidden4, maxChunk4);
-    const workgroupSize = quads * chunk4;
-    const outBlocks = quads * channels4;
-    const blocksPerInvocation = Math.ceil(outBlocks / workgroupSize);
-    const blocks = Array.from({ length: blocksPerInvocation }, (_, index) => ({
+    const shape = (tilePixels: number) => {
+      const quads = tilePixels / 4;
+      const maxChunk4 = Math.min(Math.floor(MLP_WORKGROUP / quads), Math.floor(MAX_WORKGROUP_STORAGE / (tilePixels * 16)));
+      const chunk4 = largestDivisorAtMost(hidden4, maxChunk4);
+      const workgroupSize = quads * chunk4;
+      const outBlocks = quads * channels4;
+      return { tilePixels, chunk4, workgroupSize, outBlocks, blocksPerInvocation: Math.ceil(outBlocks / workgroupSize) };
+    };
+    const chosen = MLP_TILE_PIXELS.map(shape).find((s) => s.blocksPerInvocation <= MLP_MAX_BLOCKS) ?? shape(4);
+    const blocks = Array.from({ length: chosen.blocksPerInvocation }, (_, index) => ({
       index,
       // Only blocks past the last full round need a bounds check.
-      guarded: (index + 1) * workgroupSize > outBlocks,
+      guarded: (index + 1) * chosen.workgroupSize > chosen.outBlocks,
     }));
-    return { tilePixels, chunk4, chunks: hidden4 / chunk4, workgroupSize, outBlocks, blocks, tileVec4s: tilePixels * chunk4 };
+    return { ...chosen, chunks: hidden4 / chosen.chunk4, blocks, tileVec4s: chosen.tilePixels * chosen.chunk4 };
   }
 
   private output(step: Extract<PlanStep, { op: 'output' }>, index: number): void {
