@@ -6,7 +6,7 @@
  * is split between the calling thread and workers that share the memory.
  */
 import { loadWeights, type ByteSource, type ProgressCallback } from './assets.js';
-import { finishChecksum } from './checksum.js';
+import { finishChecksum, laneSeeds } from './checksum.js';
 import { levelSizes } from './shapes.js';
 import type { Backend, ModelManifest, PlanStep, RawOutputs } from './types.js';
 
@@ -161,7 +161,10 @@ export async function createWasmBackend(
   const fileView = new Uint8Array(memory.buffer, fileAt, fileBytes);
   const checksum = () => {
     const blocks = fileBytes >>> 4;
-    kernels.checksum_lanes(fileAt, blocks, 0);
+    // Lanes live at address 0 (the first page holds no tensor); 1 MiB chunks let the loop tier up.
+    new Int32Array(memory.buffer, 0, 4).set(laneSeeds());
+    const chunk = 65536;
+    for (let at = 0; at < blocks; at += chunk) kernels.checksum_lanes(fileAt + at * 16, Math.min(chunk, blocks - at), 0);
     return finishChecksum(new Int32Array(memory.buffer, 0, 4), fileView.subarray(blocks * 16), fileBytes);
   };
   await loadWeights(weightsSource, manifest, options.onProgress, { into: fileView, checksum });
