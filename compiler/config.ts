@@ -162,7 +162,74 @@ export function parseModelConfig(json: unknown, source: string, context: ConfigC
   read.number('initializer_range', 0.02);
   const dropPath = read.number('drop_path_rate', 0);
   if (dropPath < 0 || dropPath >= 1) read.fail('drop_path_rate', dropPath, 'expected a number in [0, 1)');
+  checkSize(read, spec);
   return spec;
+}
+
+/**
+ * Each field may be within its limits and the model still absurd: 4 stages of 256 blocks of
+ * 16384 channels hold about 2e12 parameters. Refuse, before anything is allocated, a model
+ * whose float32 weights or whose largest activation (one image) would pass 4 GiB, which
+ * is also all that WebAssembly can address. The largest real ConvNeXt (V2-Huge) has 660M parameters.
+ */
+const MAX_PARAMETERS = 1_000_000_000;
+const MAX_ACTIVATION_BYTES = 4 * 2 ** 30;
+
+/** Parameters (float32 values) of the model the spec describes, before any padding. */
+export function countParameters(spec: ModelSpec): number {
+  const { hiddenSizes: sizes, patchSize: p } = spec;
+  const layerNorm = (c: number) => 2 * c;
+  let count = spec.numChannels * p * p * sizes[0] + sizes[0] + layerNorm(sizes[0]);
+  sizes.forEach((c, s) => {
+    if (s > 0) count += layerNorm(sizes[s - 1]) + sizes[s - 1] * 4 * c + c;
+    const hidden = MLP_RATIO * c;
+    const block = DWCONV_KERNEL * DWCONV_KERNEL * c + c + layerNorm(c) + (c * hidden + hidden) + (hidden * c + c) +
+      (spec.layerScale ? c : 0) + (spec.grn ? 2 * hidden : 0);
+    count += spec.depths[s] * block;
+  });
+  const last = sizes[sizes.length - 1];
+  if (spec.head === 'backbone') {
+    const stageChannels = [sizes[0], ...sizes];
+    const stageNames = ['stem', ...sizes.map((_, i) => `stage${i + 1}`)];
+    for (const feature of spec.outFeatures) count += layerNorm(stageChannels[stageNames.indexOf(feature)]);
+  } else {
+    count += layerNorm(last);
+  }
+  if (spec.head === 'classification') count += last * spec.numLabels + spec.numLabels;
+  return count;
+}
+
+function checkSize(read: FieldReader, spec: ModelSpec): void {
+  const gib = (bytes: number) => `${(bytes / 2 ** 30).toPrecision(3)} GiB`;
+  const parameters = countParameters(spec);
+  if (parameters > MAX_PARAMETERS) {
+    read.fail(
+      'hidden_sizes',
+      spec.hiddenSizes,
+      `with depths ${show(spec.depths)}, num_channels ${spec.numChannels}, patch_size ${spec.patchSize} and ${spec.numLabels} labels ` +
+        `(num_labels / id2label) the model has ${parameters.toPrecision(3)} parameters (${gib(parameters * 4)} of float32 weights); ` +
+        `cxc refuses more than ${MAX_PARAMETERS.toPrecision(1)} parameters`,
+    );
+  }
+  // Activations at the configured image size, or at the smallest input the network accepts
+  // when that is larger: level s is (size / patch) / 2^s pixels square; a block's MLP holds 4x channels.
+  const minInput = spec.patchSize * 2 ** (spec.numStages - 1);
+  const size = Math.max(spec.imageSize, minInput);
+  let largest = 0;
+  let side = Math.floor(size / spec.patchSize);
+  spec.hiddenSizes.forEach((c, s) => {
+    if (s > 0) side = Math.floor(side / 2);
+    largest = Math.max(largest, side * side * MLP_RATIO * c * 4);
+  });
+  if (largest > MAX_ACTIVATION_BYTES) {
+    const [field, value] = spec.imageSize >= minInput ? ['image_size', spec.imageSize] : ['num_stages', spec.numStages];
+    read.fail(
+      field,
+      value,
+      `with patch_size ${spec.patchSize}, ${spec.numStages} stages and hidden_sizes ${show(spec.hiddenSizes)}, one ${size}x${size} image ` +
+        `needs a ${gib(largest)} activation; cxc refuses more than ${gib(MAX_ACTIVATION_BYTES)}`,
+    );
+  }
 }
 
 function architectureName(modelType: ModelType, head: Head): string {
@@ -203,7 +270,8 @@ function decideHead(read: FieldReader, json: Json, context: ConfigContext, numLa
     if (!Array.isArray(architectures) || architectures.length === 0 || typeof architectures[0] !== 'string') {
       read.fail('architectures', architectures, 'expected a list of class names');
     }
-    const head = ARCHITECTURE_HEADS[architectures[0] as string];
+    // Own keys only: "constructor" or "__proto__" must not find Object.prototype's members.
+    const head = Object.hasOwn(ARCHITECTURE_HEADS, architectures[0] as string) ? ARCHITECTURE_HEADS[architectures[0] as string] : undefined;
     if (!head) {
       read.fail('architectures', architectures[0], `unknown class; cxc compiles ${Object.keys(ARCHITECTURE_HEADS).join(', ')}`);
     }

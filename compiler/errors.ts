@@ -19,12 +19,19 @@ export class CxcError extends Error {
 
 /** Formats a value for an error message: short, unambiguous, never huge. */
 export function show(value: unknown): string {
-  let text: string;
+  let text: string | undefined;
   try {
     text = typeof value === 'number' && !Number.isFinite(value) ? String(value) : JSON.stringify(value);
   } catch {
-    text = String(value);
+    // circular, too deeply nested or BigInt: fall back to the plain string, which can fail the same way
+    text = undefined;
   }
-  if (text === undefined) text = String(value);
+  if (text === undefined) {
+    try {
+      text = String(value);
+    } catch {
+      text = Array.isArray(value) ? '[a deeply nested list]' : typeof value === 'object' ? '{a deeply nested object}' : typeof value;
+    }
+  }
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }

@@ -140,7 +140,7 @@ export function parseProcessorConfig(json: unknown, source: string): PreprocessS
   const std = readChannelStats('image_std', defaults.std);
   if (std.some((s) => s === 0)) fail(`image_std ${show(std)} contains 0, which would divide by zero`);
 
-  return {
+  const spec: PreprocessSpec = {
     doResize: readBoolean('do_resize', defaults.doResize),
     shortestEdge,
     cropPct,
@@ -151,6 +151,35 @@ export function parseProcessorConfig(json: unknown, source: string): PreprocessS
     mean: readChannelStats('image_mean', defaults.mean),
     std,
   };
+  checkFinitePixels(spec, fail);
+  return spec;
+}
+
+/**
+ * Finite statistics can still overflow float32, where preprocessing computes: rescale_factor
+ * 1e300, image_mean 1e300, or an image_std like 1e-50 that rounds to 0. Every byte value
+ * 0..255 of every channel must come out finite, computed as preprocess() does.
+ */
+function checkFinitePixels(spec: PreprocessSpec, fail: (message: string, hint?: string) => never): void {
+  for (let channel = 0; channel < 3; channel++) {
+    const mean = Math.fround(spec.mean[channel]);
+    const std = Math.fround(spec.std[channel]);
+    for (let byte = 0; byte < 256; byte++) {
+      const rescaled = spec.doRescale ? Math.fround(byte * spec.rescaleFactor) : byte;
+      if (!Number.isFinite(rescaled)) {
+        fail(`rescale_factor ${show(spec.rescaleFactor)} turns pixel value ${byte} into ${rescaled} in float32`);
+      }
+      if (!spec.doNormalize) continue;
+      const normalized = Math.fround(Math.fround(rescaled - mean) / std);
+      if (!Number.isFinite(normalized)) {
+        const culprit = Number.isFinite(Math.fround(rescaled - mean)) ? 'image_std' : 'image_mean';
+        fail(
+          `${culprit} ${show(culprit === 'image_mean' ? spec.mean : spec.std)} turns pixel value ${byte} of channel ${channel} into ${normalized} ` +
+            `in float32 (mean ${mean}, std ${std} as float32)`,
+        );
+      }
+    }
+  }
 }
 
 /**

@@ -42,12 +42,17 @@ export function parseSafetensorsHeader(bytes: Uint8Array, source: string): { ent
   }
   const dataStart = 8 + Number(headerLength);
   let header: unknown;
+  let headerText = '';
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart)));
+    headerText = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart));
+    header = JSON.parse(headerText);
   } catch (error) {
     fail(`header is not UTF-8 JSON (${(error as Error).message})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('header is not a JSON object');
+  // JSON.parse keeps the last of two equal keys without a word; a checkpoint that names a tensor twice is ambiguous.
+  const duplicate = duplicateTopLevelKey(headerText);
+  if (duplicate !== undefined) fail(`tensor ${JSON.stringify(duplicate)} appears twice in the header`);
 
   const entries = new Map<string, SafetensorsHeaderEntry>();
   let metadata: Record<string, string> = {};
@@ -87,6 +92,34 @@ export function parseSafetensorsHeader(bytes: Uint8Array, source: string): { ent
   }
   if (cursor !== dataLength) fail(`${dataLength - cursor} bytes after the last tensor`);
   return { entries, dataStart, metadata };
+}
+
+/**
+ * The first key that the top-level object of `text` (valid JSON, an object) holds twice.
+ * A string directly inside that object is a key when a colon follows it.
+ */
+function duplicateTopLevelKey(text: string): string | undefined {
+  const seen = new Set<string>();
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      const start = i;
+      for (i++; text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c /* \ */) i++;
+      if (depth !== 1) continue;
+      let next = i + 1;
+      while (text.charCodeAt(next) <= 0x20) next++; // JSON whitespace
+      if (text.charCodeAt(next) !== 0x3a /* : */) continue;
+      const key = JSON.parse(text.slice(start, i + 1)) as string;
+      if (seen.has(key)) return key;
+      seen.add(key);
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      depth++;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      depth--;
+    }
+  }
+  return undefined;
 }
 
 /** Reads every tensor of a safetensors file into memory. */

@@ -36,6 +36,9 @@ export const RESAMPLE_BICUBIC = 3;
 export const RESAMPLE_BOX = 4;
 export const RESAMPLE_HAMMING = 5;
 
+/** The most pixels a resize step may produce (3 bytes each: 384 MiB). */
+const MAX_RESIZE_PIXELS = 2 ** 27;
+
 /** transformers warps (no crop) from this shortest_edge up. */
 const WARP_FROM_SHORTEST_EDGE = 384;
 
@@ -163,6 +166,9 @@ function validateImage(image: ImageInput): void {
 }
 
 function validateSpec(spec: PreprocessSpec): void {
+  if (spec === null || typeof spec !== 'object') {
+    throw new Error('preprocess: the spec must be an object (a PreprocessSpec)');
+  }
   if (spec.doResize) {
     if (!Number.isInteger(spec.shortestEdge) || spec.shortestEdge <= 0) {
       throw new Error(`preprocess: shortestEdge must be a positive integer, got ${String(spec.shortestEdge)}`);
@@ -180,6 +186,11 @@ function validateSpec(spec: PreprocessSpec): void {
   if (spec.doNormalize) {
     if (!Array.isArray(spec.mean) || spec.mean.length !== 3 || !Array.isArray(spec.std) || spec.std.length !== 3) {
       throw new Error('preprocess: mean and std must each hold 3 numbers (one per RGB channel)');
+    }
+    // numpy computes in float32: each statistic must be a finite float32, and std not 0 there.
+    const float32 = (v: unknown) => typeof v === 'number' && Number.isFinite(Math.fround(v));
+    if (!spec.mean.every(float32) || !spec.std.every((s) => float32(s) && Math.fround(s) !== 0)) {
+      throw new Error(`preprocess: mean ${String(spec.mean)} and std ${String(spec.std)} must be finite float32 values, std non-zero`);
     }
   }
 }
@@ -264,6 +275,16 @@ function cropOrigin(size: number, crop: number): number {
 function pillowResize(image: RgbImage, width: number, height: number, resample: number): RgbImage {
   if (width === image.width && height === image.height) {
     return { pixels: image.pixels.slice(), width, height };
+  }
+  // The output and, when the width changes, the horizontal pass's rows (at most every source
+  // row at the new width) are allocated whole: refuse sizes no typed array should hold, as an
+  // error that says why rather than an allocation failure.
+  const pixels = Math.max(width * height, width !== image.width ? width * image.height : 0);
+  if (pixels > MAX_RESIZE_PIXELS) {
+    throw new Error(
+      `preprocess: resizing the ${image.width}x${image.height} image to ${width}x${height} would hold ${pixels} pixels, ` +
+        `over the limit of ${MAX_RESIZE_PIXELS} (the image is too large or too elongated)`,
+    );
   }
   if (resample === RESAMPLE_NEAREST) return resizeNearest(image, width, height);
   const filter = CONVOLUTION_FILTERS[resample];
