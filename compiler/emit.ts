@@ -5,6 +5,7 @@
  * JavaScript + declarations. The output folder is a complete npm package.
  */
 import { readFileSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { Project, ScriptTarget, ModuleKind, ModuleResolutionKind, VariableDeclarationKind, type SourceFile } from 'ts-morph';
 import type { ModelManifest } from '../runtime/types.js';
@@ -81,7 +82,7 @@ export function emitModule({ manifest, program, assets }: EmitInput): EmittedFil
 
 /** The WebGPU runtime is typed against @webgpu/types; bring the declarations into the in-memory project. */
 function addWebGpuTypes(project: Project): void {
-  const path = fileURLToPath(import.meta.resolve('@webgpu/types/dist/index.d.ts'));
+  const path = createRequire(import.meta.url).resolve('@webgpu/types/dist/index.d.ts');
   project.createSourceFile('/package/webgpu-types.d.ts', readFileSync(path, 'utf8'));
 }
 

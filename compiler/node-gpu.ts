@@ -3,7 +3,9 @@
  * without a GPU, Dawn can run on SwiftShader, the CPU Vulkan driver Debian's chromium
  * ships; Vulkan finds it through VK_ICD_FILENAMES, which must be set before Dawn loads.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const ICD_CANDIDATES = ['/usr/lib/chromium', '/usr/lib/chromium-browser', '/usr/lib64/chromium'];
 
@@ -23,6 +25,8 @@ export async function nodeGpu(): Promise<GPU> {
     const icd = swiftShaderIcd();
     if (icd) process.env.VK_ICD_FILENAMES = icd;
   }
+  // The Vulkan loader warns without a runtime dir; a private one keeps stderr clean.
+  if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = mkdtempSync(join(tmpdir(), 'cxc-xdg-'));
   let dawn: { create(flags: string[]): GPU; globals: Record<string, unknown> };
   try {
     dawn = (await import('webgpu')) as unknown as typeof dawn;

@@ -19,7 +19,7 @@ import type { Packing, WeightGroup, WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
 import type {
-  WebGpuBufferName, WebGpuBufferSize, WebGpuGrid, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
+  WebGpuBufferName, WebGpuBufferSize, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
 } from '../runtime/webgpu.js';
 import type { Activation } from '../runtime/types.js';
 
@@ -42,10 +42,10 @@ const SIMPLE_WORKGROUP = 64;
 const MATMUL_TILE_PIXELS = 16;
 /** Most output vec4s per workgroup of the column-tiled matrix kernels. */
 const MATMUL_MAX_COLUMNS4 = 16;
-/** Fused MLP: candidate pixels per workgroup (largest first), target invocations, most output blocks per invocation. */
-const MLP_TILE_PIXELS = [16, 8, 4];
-const MLP_WORKGROUP = 64;
-const MLP_MAX_BLOCKS = 3;
+/** Fused MLP: candidate pixels per workgroup, largest (most weight reuse) first. */
+const MLP_TILE_PIXELS = [32, 16, 8];
+/** Pixels per register block of the fused MLP (tile sizes are multiples of it). */
+const MLP_BLOCK_ROWS = 8;
 
 const QUAD = [0, 1, 2, 3];
 
@@ -311,28 +311,45 @@ class ProgramBuilder {
   }
 
   /**
-   * Tile shape of the fused MLP. Measured on SwiftShader (the CPU adapter CI has): workgroups of
-   * 192-256 invocations ran up to 2x slower and compiled 3-5x slower than 64, and more than 3
-   * output blocks per invocation (12+ live accumulator vec4s) lost again to register spills. So:
-   * ~64 invocations, each owning one 4 x 4 hidden block per chunk (phase A) and at most 3
-   * 4 x 4 output blocks (phase B), with as many pixels per tile as that allows (weight reuse).
+   * Tile shape of the fused MLP. Measured on SwiftShader (the CPU adapter CI has; every load there
+   * is a gather, so loads per FMA decide the speed):
+   *   - 8-pixel register blocks beat 4-pixel ones by 25-35% (each weight vec4 feeds 8 pixels);
+   *   - workgroups of 192-256 invocations ran up to 2x slower and compiled 3-5x slower than 64;
+   *   - more than 2-3 output blocks per invocation (16-24 live accumulator vec4s) lost to register spills.
+   * So: 64 invocations, each computing one 8 x 4 hidden block per chunk (phase A) and at most 2
+   * (else 3) 8 x 4 output blocks (phase B), with as many pixels per tile as that allows (weight reuse).
    */
   private mlpShape(channels4: number, hidden4: number) {
-    const shape = (tilePixels: number) => {
-      const quads = tilePixels / 4;
-      const maxChunk4 = Math.min(Math.floor(MLP_WORKGROUP / quads), Math.floor(MAX_WORKGROUP_STORAGE / (tilePixels * 16)));
+    const blockRows = MLP_BLOCK_ROWS;
+    const shape = (tilePixels: number, invocations: number) => {
+      const rowBlocks = tilePixels / blockRows;
+      const maxChunk4 = Math.min(Math.floor(invocations / rowBlocks), Math.floor(MAX_WORKGROUP_STORAGE / (tilePixels * 16)));
       const chunk4 = largestDivisorAtMost(hidden4, maxChunk4);
-      const workgroupSize = quads * chunk4;
-      const outBlocks = quads * channels4;
+      const workgroupSize = rowBlocks * chunk4;
+      const outBlocks = rowBlocks * channels4;
       return { tilePixels, chunk4, workgroupSize, outBlocks, blocksPerInvocation: Math.ceil(outBlocks / workgroupSize) };
     };
-    const chosen = MLP_TILE_PIXELS.map(shape).find((s) => s.blocksPerInvocation <= MLP_MAX_BLOCKS) ?? shape(4);
+    // In order of preference; very wide models (thousands of channels) fall through to bigger workgroups.
+    const preferences: Array<[invocations: number, maxBlocks: number]> = [[64, 2], [64, 3], [128, 3], [MAX_WORKGROUP, 3]];
+    let chosen = shape(MLP_TILE_PIXELS[MLP_TILE_PIXELS.length - 1], MAX_WORKGROUP);
+    search: for (const [invocations, maxBlocks] of preferences) {
+      for (const tilePixels of MLP_TILE_PIXELS) {
+        const candidate = shape(tilePixels, invocations);
+        if (candidate.blocksPerInvocation <= maxBlocks) {
+          chosen = candidate;
+          break search;
+        }
+      }
+    }
     const blocks = Array.from({ length: chosen.blocksPerInvocation }, (_, index) => ({
       index,
       // Only blocks past the last full round need a bounds check.
       guarded: (index + 1) * chosen.workgroupSize > chosen.outBlocks,
     }));
-    return { ...chosen, chunks: hidden4 / chosen.chunk4, blocks, tileVec4s: chosen.tilePixels * chosen.chunk4 };
+    return {
+      ...chosen, blockRows, rows: Array.from({ length: blockRows }, (_, i) => i),
+      chunks: hidden4 / chosen.chunk4, blocks, tileVec4s: chosen.tilePixels * chosen.chunk4,
+    };
   }
 
   private output(step: Extract<PlanStep, { op: 'output' }>, index: number): void {

@@ -349,12 +349,19 @@ class WebGpuBackendImpl implements Backend {
       size: Math.max(1, program.kernels.length) * PARAMS_STRIDE,
       usage: BUFFER_UNIFORM | BUFFER_COPY_DST,
     });
-    const validation = await device.popErrorScope();
-    const memory = await device.popErrorScope();
-    if (memory) throw new WebGpuError('limit', `cxc: out of GPU memory uploading ${mib(weights.byteLength)} of weights (${memory.message}); ${USE_WASM}`);
-    if (validation) throw new WebGpuError('gpu-error', `cxc: uploading the weights failed: ${validation.message}`);
-    const pipelines = await compilePipelines(device, program);
-    return new WebGpuBackendImpl(manifest, program, device, ownsDevice, description, pipelines, chunks, bindings, paramsBuffer);
+    try {
+      const validation = await device.popErrorScope();
+      const memory = await device.popErrorScope();
+      if (memory) throw new WebGpuError('limit', `cxc: out of GPU memory uploading ${mib(weights.byteLength)} of weights (${memory.message}); ${USE_WASM}`);
+      if (validation) throw new WebGpuError('gpu-error', `cxc: uploading the weights failed: ${validation.message}`);
+      const pipelines = await compilePipelines(device, program);
+      return new WebGpuBackendImpl(manifest, program, device, ownsDevice, description, pipelines, chunks, bindings, paramsBuffer);
+    } catch (error) {
+      // A caller's device outlives this failure: give back what was made on it.
+      for (const chunk of chunks) chunk.buffer?.destroy();
+      paramsBuffer.destroy();
+      throw error;
+    }
   }
 
   run(input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean): Promise<RawOutputs> {
@@ -391,7 +398,7 @@ class WebGpuBackendImpl implements Backend {
       void device.popErrorScope().catch(() => undefined);
       throw error;
     }
-    device.queue.writeBuffer(this.buffers.get('input')!, 0, input.buffer, input.byteOffset, input.byteLength);
+    device.queue.writeBuffer(this.buffers.get('input')!, 0, input as Float32Array<ArrayBuffer>);
     const encoder = device.createCommandEncoder({ label: 'cxc run' });
     const pass = encoder.beginComputePass({ label: 'cxc forward' });
     this.program.kernels.forEach((kernel, i) => {
@@ -406,26 +413,28 @@ class WebGpuBackendImpl implements Backend {
     const staging = this.buffers.get('staging')!;
     if (readBytes > 0) encoder.copyBufferToBuffer(this.buffers.get('outputs')!, readFrom * 4, staging, readFrom * 4, readBytes);
     device.queue.submit([encoder.finish()]);
-    const validation = device.popErrorScope();
-    const memory = device.popErrorScope();
+    // (Rejecting only on a scope-stack mismatch, which cannot happen here; the catch keeps an
+    // early throw below from leaving an unhandled rejection.)
+    const validation = device.popErrorScope().catch(() => null);
+    const memory = device.popErrorScope().catch(() => null);
 
+    // Every wait races the device-lost signal: a lost device rejects the run instead of hanging it.
+    let mapError: unknown;
     try {
       await Promise.race([staging.mapAsync(MAP_MODE_READ, readFrom * 4, readBytes), this.lostSignal]);
     } catch (error) {
-      if (this.lost) throw this.lost;
-      if (error instanceof WebGpuError) throw error;
-      const scoped = (await Promise.race([validation, this.lostSignal])) ?? (await Promise.race([memory, this.lostSignal]));
-      throw new WebGpuError('gpu-error', `cxc: reading the results back failed: ${(error as Error)?.message ?? error}${scoped ? ` (${scoped.message})` : ''}`, { cause: error });
+      mapError = error;
     }
+    if (this.lost) throw this.lost;
+    if (this.disposed) throw new WebGpuError('disposed', 'cxc: this model was disposed while it was running');
     const [validationError, memoryError] = await Promise.race([Promise.all([validation, memory]), this.lostSignal]);
-    if (validationError || memoryError) {
-      staging.unmap();
+    if (validationError || memoryError || mapError !== undefined) {
+      if (mapError === undefined) staging.unmap();
       // Buffers made for this shape may be invalid: make them again next time.
-      this.shapeState = undefined;
-      for (const buffer of this.buffers.values()) buffer.destroy();
-      this.buffers.clear();
+      this.forgetShape();
       if (memoryError) throw new WebGpuError('limit', `cxc: out of GPU memory running batch ${batch} at ${height}x${width} (${memoryError.message}); try a smaller batch or ${USE_WASM}`);
-      throw new WebGpuError('gpu-error', `cxc: the GPU rejected a command (an internal error of cxc; please report it): ${validationError!.message}`);
+      if (validationError) throw new WebGpuError('gpu-error', `cxc: the GPU rejected a command (an internal error of cxc; please report it): ${validationError.message}`);
+      throw new WebGpuError('gpu-error', `cxc: reading the results back failed: ${(mapError as Error)?.message ?? mapError}`, { cause: mapError });
     }
 
     const mapped = new Float32Array(staging.getMappedRange(readFrom * 4, readBytes));
@@ -442,6 +451,12 @@ class WebGpuBackendImpl implements Backend {
     }
     staging.unmap();
     return outputs;
+  }
+
+  private forgetShape(): void {
+    this.shapeState = undefined;
+    for (const buffer of this.buffers.values()) buffer.destroy();
+    this.buffers.clear();
   }
 
   /** Makes (or reuses) the buffers, bind groups and parameters of an input shape. */
