@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 /**
- * cxc's command line: build, weights, run, preprocess, classify, check.
+ * cxc's command line: build, weights, run, preprocess, classify, check, serve.
  * User errors print one line (plus a hint) and exit 1; anything else is a bug and
- * prints its stack.
+ * prints its stack. Progress bars go to stderr, and only when it is a terminal.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command, Option } from 'commander';
-import { buildModule, loadModelSource, weightsFileBytes } from './build.js';
+import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
 import { bindCheckpoint } from './checkpoint.js';
 import { CxcError } from './errors.js';
@@ -17,9 +17,15 @@ import { decodeImageFile } from './image.js';
 import { packWeights } from './layout.js';
 import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite } from './safetensors.js';
-import { TARGETS, type TargetName } from './targets.js';
+import type { TargetName } from './targets.js';
 import { preprocess } from '../runtime/preprocess.js';
+import { mebibytes, progressBar } from './progress.js';
 import type { ConvNextModel, LoadOptions } from '../runtime/model.js';
+
+// The compiler (ts-morph, wabt, the kernel templates) takes a second to import: only the
+// commands that compile load it, so that run, classify, preprocess and --help start at once.
+const compiler = () => import('./build.js');
+const targets = () => import('./targets.js');
 
 /** cxc's own package.json, from sources (compiler/) or from dist/compiler/. */
 function readVersion(): string {
@@ -46,11 +52,19 @@ async function loadBuilt(dir: string, options: LoadOptions = {}): Promise<ConvNe
   } catch (error) {
     throw new CxcError(`not a module built by cxc (${(error as Error).message.split('\n')[0]})`, { file: dir, hint: 'build one with `cxc build MODEL_DIR -o OUT`' });
   }
-  if (module.manifest?.target === 'webgpu' && !options.gpu && !options.device) {
+  if (module.manifest?.target === 'webgpu' && !('gpu' in options) && !('device' in options)) {
     const { nodeGpu } = await import('./node-gpu.js');
-    options = { ...options, gpu: await nodeGpu() };
+    options = { ...options, gpu: await nodeGpu() } as LoadOptions;
   }
-  return module.load(options);
+  const bar = progressBar('loading');
+  try {
+    return await module.load({
+      ...options,
+      onProgress: (p) => bar.update(p.total > 0 ? p.loaded / p.total : 0, `${p.what} ${mebibytes(p.loaded)} / ${mebibytes(p.total)} MiB`),
+    });
+  } finally {
+    bar.done();
+  }
 }
 
 function readInputTensors(path: string) {
@@ -98,22 +112,44 @@ program.name('cxc').description('The ConvNeXt compiler: a Hugging Face ConvNeXt 
 
 program
   .command('build')
-  .description('compile a model folder (config.json, model.safetensors, preprocessor_config.json) or a bare config.json into an npm package')
-  .argument('<input>', 'Hugging Face model folder, or a config.json')
+  .description('compile a model folder (config.json, model.safetensors, preprocessor_config.json) or a bare config.json into an npm package; with --all-variants, one package per config in a folder')
+  .argument('[input]', 'Hugging Face model folder, or a config.json')
   .addOption(targetOption())
-  .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package)')
-  .option('--weights <file>', 'model.safetensors given separately')
-  .option('--processor <file>', 'preprocessor_config.json given separately')
-  .option('--package <name[@version]>', 'npm package name (default: <folder>-<target>)')
+  .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package); with --all-variants, the folder that receives one package folder per variant')
+  .option('--all-variants <configs>', 'build every variant in a folder: NAME/config.json (model folders, with or without model.safetensors) and NAME.json (bare configs)')
+  .option('--weights <file>', 'model.safetensors given separately (default: the one in the model folder)')
+  .option('--processor <file>', 'preprocessor_config.json given separately (default: the one in the model folder, else 224 crop, bicubic, ImageNet mean/std)')
+  .option('--package <name[@version]>', 'npm package name and version (default: <folder>-<target>@1.0.0); with --all-variants a template where {name} is <folder>-<target>, e.g. @acme/{name}@2.0.0')
   .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
   .option('--force', 'replace a non-empty output folder that cxc did not make', false)
-  .action(async (input: string, options: { target: TargetName; out: string; weights?: string; processor?: string; package?: string; force: boolean; weightsDtype: 'f32' | 'f16' }) => {
+  .action(async (input: string | undefined, options: BuildCommandOptions) => {
+    const { BUILD_STAGES, compileModel, validatePackageName, validatePackageVersion, writePackage } = await compiler();
     const [packageName, packageVersion] = splitPackage(options.package);
+    if (packageVersion !== undefined) validatePackageVersion(packageVersion);
+    if (options.allVariants !== undefined) {
+      if (input !== undefined) throw new CxcError(`give a model to build or --all-variants ${options.allVariants}, not both`);
+      if (options.weights || options.processor) throw new CxcError('--weights and --processor name one model: with --all-variants, put model.safetensors and preprocessor_config.json in each variant\'s folder');
+      return buildVariantsCommand(options.allVariants, options, packageName, packageVersion);
+    }
+    if (input === undefined) {
+      throw new CxcError('missing the model to build', { hint: 'cxc build MODEL_DIR|config.json -o OUT, or cxc build --all-variants CONFIGS_DIR -o OUT_ROOT' });
+    }
+    if (packageName !== undefined) validatePackageName(packageName);
     const started = performance.now();
-    const built = await buildModule({
-      input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion,
-      outDir: options.out, force: options.force, weightsDtype: options.weightsDtype,
-    });
+    const steps = BUILD_STAGES.length + 1;
+    const bar = progressBar('building');
+    let built: CompiledModule;
+    try {
+      built = await compileModel({
+        input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion,
+        weightsDtype: options.weightsDtype, onProgress: ({ stage, step }) => bar.update(step / steps, stage),
+      });
+      bar.update(BUILD_STAGES.length / steps, 'writing the package');
+      writePackage(options.out, built.files, options.force);
+      bar.update(1, 'done');
+    } finally {
+      bar.done();
+    }
     const weights = built.files.get('weights.bin');
     console.log(
       `built ${built.manifest.name} (${built.manifest.architecture}, ${options.target}) in ${options.out}: ` +
@@ -121,6 +157,60 @@ program
         `${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
   });
+
+interface BuildCommandOptions {
+  target: TargetName;
+  out: string;
+  allVariants?: string;
+  weights?: string;
+  processor?: string;
+  package?: string;
+  force: boolean;
+  weightsDtype: 'f32' | 'f16';
+}
+
+/** `cxc build --all-variants DIR -o ROOT`: a line per package as it is built, failures at the end; exit 1 if any failed. */
+async function buildVariantsCommand(configsDir: string, options: BuildCommandOptions, packageTemplate?: string, packageVersion?: string): Promise<void> {
+  const { BUILD_STAGES } = await compiler();
+  const { buildAllVariants } = await import('./variants.js');
+  const started = performance.now();
+  const bar = progressBar('building');
+  const stageSteps = BUILD_STAGES.length + 1;
+  let results;
+  try {
+    results = await buildAllVariants({
+      configsDir, outRoot: options.out, target: options.target, weightsDtype: options.weightsDtype, packageTemplate, packageVersion, force: options.force,
+      onProgress: ({ variant, index, count, stage }) => {
+        const within = stage ? stage.step / stageSteps : 0;
+        bar.update((index + within) / count, `${index + 1}/${count} ${variant}${stage ? `: ${stage.stage}` : ''}`);
+      },
+      onResult: (result) => {
+        bar.done();
+        if (result.compiled) {
+          const { manifest, files } = result.compiled;
+          const weights = files.get('weights.bin');
+          console.log(
+            `built ${manifest.name} in ${result.outDir}: ${manifest.hiddenSizes.join('/')} x ${manifest.depths.join('/')}, ${manifest.imageSize}px, ` +
+              `weights ${weights ? `${(weights.length / 2 ** 20).toFixed(1)} MiB` : 'not bundled (bare config)'}, ${result.seconds.toFixed(1)} s`,
+          );
+        } else {
+          console.log(`FAILED ${result.packageName}: ${result.error!.message}`);
+        }
+      },
+    });
+  } finally {
+    bar.done();
+  }
+  const failed = results.filter((r) => r.error);
+  console.log(`${results.length - failed.length} of ${results.length} packages built in ${options.out} (${options.target}), ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  if (failed.length > 0) {
+    for (const result of failed) {
+      console.error(`cxc: ${result.error!.message}`);
+      if (result.error!.hint) console.error(`hint: ${result.error!.hint}`);
+    }
+    process.exitCode = 1;
+  }
+}
 
 program
   .command('weights')
@@ -130,7 +220,9 @@ program
   .addOption(targetOption())
   .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
   .requiredOption('-o, --out <file>', 'weights file to write')
-  .action((weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
+  .action(async (weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
+    const { loadModelSource, weightsFileBytes } = await compiler();
+    const { TARGETS } = await targets();
     const loaded = loadModelSource({ input: options.config, weights: weightsPath });
     const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
     const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint);
@@ -214,10 +306,12 @@ program
   .option('--json', 'print JSON', false)
   .action(async (input: string, options: { target: TargetName; golden?: string[]; weights?: string; json: boolean }) => {
     const goldens = options.golden ?? [join(input, 'golden.safetensors')];
+    const { compileModel, writePackage } = await compiler();
     const outDir = mkdtempSync(join(tmpdir(), 'cxc-check-'));
     const rows: Array<{ file: string; output: string; shape: number[]; maxError: number; tolerance: number; ok: boolean }> = [];
     try {
-      const built = await buildModule({ input, target: options.target, weights: options.weights, outDir, force: true });
+      const built = await compileModel({ input, target: options.target, weights: options.weights });
+      writePackage(outDir, built.files, true);
       const model = await loadBuilt(outDir);
       try {
         for (const file of goldens) {
@@ -257,6 +351,31 @@ program
     if (rows.length === 0) throw new CxcError('no golden outputs were compared', { hint: 'pass --golden with safetensors holding pixel_values and outputs' });
     if (failed > 0) process.exitCode = 1;
   });
+
+program
+  .command('serve')
+  .description('serve the browser demo (examples/browser) with built packages on localhost, cross-origin isolated so that WASM threads work')
+  .argument('<packages...>', 'folders made by cxc build, e.g. a wasm and a webgpu build of the same model: the page picks WebGPU when the browser has it')
+  .option('-p, --port <port>', 'port to listen on (0: any free port)', (v) => parsePort(v), 8080)
+  .option('--host <address>', 'address to listen on', '127.0.0.1')
+  .action(async (dirs: string[], options: { port: number; host: string }) => {
+    const { startServer } = await import('./serve.js');
+    const server = await startServer({ packages: dirs, port: options.port, host: options.host });
+    console.log(`serving the cxc demo at ${server.url}`);
+    for (const model of server.models) console.log(`  ${model.name} (${model.target}) at ${server.url.replace(/\/$/, '')}${model.path}`);
+    console.log(`open ${server.url} (add ?backend=wasm or ?backend=webgpu to force a backend); Ctrl+C stops the server`);
+    await new Promise<void>((resolveStop) => {
+      process.once('SIGINT', resolveStop);
+      process.once('SIGTERM', resolveStop);
+    });
+    await server.close();
+  });
+
+function parsePort(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 65535) throw new CxcError(`--port must be an integer from 0 to 65535, got ${JSON.stringify(value)}`);
+  return n;
+}
 
 function compareTensors(actual: Float32Array, golden: Float32Array) {
   if (actual.length !== golden.length) return { maxError: Infinity, tolerance: 0 };

@@ -99,12 +99,13 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     ...(manifest.target === 'webgpu' && manifest.weights.dtype === 'f16' ? [{ moduleSpecifier: './runtime/half.js', namedImports: ['halvesToFloats'] }] : []),
     manifest.target === 'wasm'
       ? { moduleSpecifier: './runtime/wasm.js', namedImports: ['createWasmBackend', 'type WasmKernelInfo', 'type WasmVariant'] }
-      : { moduleSpecifier: './runtime/webgpu.js', namedImports: ['createWebGpuBackend', 'type WebGpuProgram'] },
+      : { moduleSpecifier: './runtime/webgpu.js', namedImports: ['createWebGpuBackend', 'type WebGpuProgram', 'type WebGpuBackendOptions'] },
   ]);
   index.addExportDeclarations([
     { moduleSpecifier: './runtime/model.js', namedExports: ['type ConvNextModel', 'type LoadOptions', 'type ModelConfig'] },
     { moduleSpecifier: './runtime/types.js', namedExports: ['type ModelOutputs', 'type RunOptions', 'type Classification', 'type ModelManifest'] },
     { moduleSpecifier: './runtime/preprocess.js', namedExports: ['type ImageInput', 'type PreprocessSpec'] },
+    ...(manifest.target === 'webgpu' ? [{ moduleSpecifier: './runtime/webgpu.js', namedExports: ['type WebGpuBackendOptions', 'WebGpuError'] }] : []),
   ]);
   index.addVariableStatement({
     isExported: true,
@@ -148,7 +149,7 @@ function writeIndex(index: SourceFile, manifest: ModelManifest, program: unknown
     isAsync: true,
     name: 'load',
     docs: ['Loads the weights (default: weights.bin next to this module), prepares the kernels and returns the model.'],
-    parameters: [{ name: 'options', type: 'LoadOptions', initializer: '{}' }],
+    parameters: [{ name: 'options', type: manifest.target === 'webgpu' ? 'LoadOptions & WebGpuBackendOptions' : 'LoadOptions', initializer: '{}' }],
     returnType: 'Promise<ConvNextModel>',
     statements: [
       ...(manifest.weights.checksum === null

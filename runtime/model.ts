@@ -17,10 +17,8 @@ export interface LoadOptions {
   onProgress?: ProgressCallback;
   /** WASM: use relaxed-SIMD FMA kernels where the engine has them (default true). */
   relaxedSimd?: boolean;
-  /** WebGPU: a device of your own; otherwise one is requested. */
-  device?: GPUDevice;
-  /** WebGPU: the GPU entry point (default navigator.gpu; in Node pass `create([])` from the `webgpu` package). */
-  gpu?: GPU;
+  // WebGPU packages add `device` and `gpu` (runtime/webgpu.ts, WebGpuBackendOptions): kept out of
+  // here so WASM packages type-check without the WebGPU type declarations.
 }
 
 export type ModelConfig = Omit<ModelManifest, 'steps'>;

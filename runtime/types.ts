@@ -41,6 +41,8 @@ export interface ModelManifest {
   name: string;
   target: 'wasm' | 'webgpu';
   architecture: string;
+  /** Parameters of the checkpoint (before folds), as transformers counts them. */
+  parameters: number;
   modelType: 'convnext' | 'convnextv2';
   head: 'classification' | 'base' | 'backbone';
   numChannels: number;
