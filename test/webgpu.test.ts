@@ -277,6 +277,11 @@ describe('WebGPU backend errors', () => {
     const later = await rejection(backend.run(tinyInput(2), 2, TINY_SIZE, TINY_SIZE, true));
     expect(later.code).toBe('device-lost');
     backend.dispose();
+    // a later load recovers on a fresh device
+    const recovered = await createWebGpuBackend(tiny.manifest, tiny.program, tiny.weights, { gpu });
+    const outputs = await recovered.run(tinyInput(1), 1, TINY_SIZE, TINY_SIZE, false);
+    expect(outputs.get('pooler_output')!.data.every(Number.isFinite)).toBe(true);
+    recovered.dispose();
   });
 
   test('a disposed backend refuses to run', async () => {
