@@ -62,7 +62,8 @@ for (const engine of values.engines.split(',')) {
       const ort = await import('onnxruntime-web/webgpu');
       ort.env.wasm.numThreads = 1;
       ort.env.wasm.wasmPaths = pathToFileURL(fileURLToPath(new URL('../node_modules/onnxruntime-web/dist/', import.meta.url))).href;
-      const session = await ort.InferenceSession.create(values.onnx, { executionProviders: ['webgpu'] });
+      // its WebGPU build fetches a string as a URL: hand it the model's bytes instead
+      const session = await ort.InferenceSession.create(new Uint8Array(readFileSync(values.onnx)), { executionProviders: ['webgpu'] });
       const tensor = new ort.Tensor('float32', input, [batch, channels, height, width]);
       run = async () => (await session.run({ pixel_values: tensor })).logits.data;
       detail = 'onnxruntime-web webgpu';

@@ -18,12 +18,24 @@ const moduleDir = here('../out/bench-convnext-tiny-224-webgpu');
 const { buildModule } = await import('../dist/compiler/build.js');
 await buildModule({ input: modelDir, target: 'webgpu', outDir: moduleDir, force: true });
 
+// One process per engine: a crash in one engine's native code (onnxruntime-web's WebGPU backend
+// has segfaulted under Dawn in Node here) must not take the others' numbers with it.
 const rows = [];
 for (const batch of values.batches.split(',').map(Number)) {
-  process.stderr.write(`batch ${batch}: timing ${values.engines} (each run can take tens of seconds on SwiftShader)...\n`);
-  const out = execFileSync(process.execPath, [here('./webgpu-engines.mjs'), '--module', moduleDir, '--onnx', onnx, '--golden', golden,
-    '--batch', String(batch), '--runs', values.runs, '--engines', values.engines], { encoding: 'utf8', maxBuffer: 1 << 24, stdio: ['ignore', 'pipe', 'inherit'] });
-  rows.push(JSON.parse(out.trim().split('\n').pop()));
+  const row = { batch, adapter: 'unknown adapter', results: [] };
+  for (const engine of values.engines.split(',')) {
+    process.stderr.write(`batch ${batch}: timing ${engine} (each run can take tens of seconds on SwiftShader)...\n`);
+    try {
+      const out = execFileSync(process.execPath, [here('./webgpu-engines.mjs'), '--module', moduleDir, '--onnx', onnx, '--golden', golden,
+        '--batch', String(batch), '--runs', values.runs, '--engines', engine], { encoding: 'utf8', maxBuffer: 1 << 24, stdio: ['ignore', 'pipe', 'inherit'] });
+      const result = JSON.parse(out.trim().split('\n').pop());
+      row.adapter = result.adapter;
+      row.results.push(...result.results);
+    } catch (error) {
+      row.results.push({ engine, detail: `crashed: ${error.signal ?? `exit ${error.status}`}`, failed: true });
+    }
+  }
+  rows.push(row);
 }
 const fmt = (ms) => (Number.isFinite(ms) ? (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`) : 'n/a');
 console.log(`adapter: ${rows[0].adapter}`);
@@ -40,4 +52,4 @@ const line = (r) => `| ${r.map((c, i) => (i === 1 ? c.padEnd(widths[i]) : c.padS
 console.log(line(table[0]));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of table.slice(1)) console.log(line(r));
-console.log(`(${values.runs} timed runs per engine after one warm-up; "vs cxc" = engine time / cxc time, higher is slower than cxc)`);
+console.log(`(${values.runs} timed runs per engine after one warm-up, one process per engine; "vs cxc" = engine time / cxc time, higher is slower than cxc)`);

@@ -12,6 +12,7 @@ import { Command, Option } from 'commander';
 import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
 import { bindCheckpoint } from './checkpoint.js';
+import { compareToGolden } from './compare.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
 import { packWeights } from './layout.js';
@@ -328,7 +329,7 @@ program
               rows.push({ file, output: name, shape: expected.shape, maxError: Infinity, tolerance: 0, ok: false });
               continue;
             }
-            const { maxError, tolerance } = compareTensors(actual.data as Float32Array, expected.data);
+            const { maxError, tolerance } = compareToGolden(actual.data as Float32Array, expected.data);
             rows.push({ file, output: name, shape: expected.shape, maxError, tolerance, ok: maxError <= tolerance });
           }
         }
@@ -375,18 +376,6 @@ function parsePort(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n > 65535) throw new CxcError(`--port must be an integer from 0 to 65535, got ${JSON.stringify(value)}`);
   return n;
-}
-
-function compareTensors(actual: Float32Array, golden: Float32Array) {
-  if (actual.length !== golden.length) return { maxError: Infinity, tolerance: 0 };
-  let maxError = 0;
-  let maxGolden = 0;
-  for (let i = 0; i < golden.length; i++) {
-    const error = Math.abs(actual[i] - golden[i]);
-    if (!(error <= maxError)) maxError = Number.isNaN(error) ? Infinity : error;
-    maxGolden = Math.max(maxGolden, Math.abs(golden[i]));
-  }
-  return { maxError, tolerance: 1e-4 * Math.max(1, maxGolden) };
 }
 
 function parseInteger(value: string, flag: string): number {

@@ -2,6 +2,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors, type TensorEntry } from '../../compiler/safetensors.js';
+import { compareToGolden, type Comparison } from '../../compiler/compare.js';
 
 export const GOLDEN_ROOT = fileURLToPath(new URL('../../../shared/golden/', import.meta.url));
 export const MODEL_CASES = ['micro', 'small-bf16', 'v2-micro', 'convnext-tiny-224'] as const;
@@ -24,16 +25,8 @@ export function floats(tensor: TensorEntry | undefined, name = 'tensor'): Float3
   return tensor.data;
 }
 
-/** max |a - b| and the golden bar 1e-4 * max(1, max |golden|). */
-export function compare(actual: Float32Array, golden: Float32Array): { maxError: number; tolerance: number; maxGolden: number } {
+/** max |a - b| and the golden bar 1e-4 * max(1, max |golden|); throws on a length mismatch. */
+export function compare(actual: Float32Array, golden: Float32Array): Comparison {
   if (actual.length !== golden.length) throw new Error(`length ${actual.length} != golden ${golden.length}`);
-  let maxError = 0;
-  let maxGolden = 0;
-  for (let i = 0; i < golden.length; i++) {
-    const error = Math.abs(actual[i] - golden[i]);
-    // NaN must fail, not slip through a max()
-    if (!(error <= maxError)) maxError = Number.isNaN(error) ? Infinity : error;
-    maxGolden = Math.max(maxGolden, Math.abs(golden[i]));
-  }
-  return { maxError, tolerance: 1e-4 * Math.max(1, maxGolden), maxGolden };
+  return compareToGolden(actual, golden);
 }
