@@ -13,7 +13,6 @@
  */
 import { DWCONV_KERNEL, MLP_RATIO, type ModelSpec } from './config.js';
 import type { BlockWeights, CheckpointWeights, NormWeights } from './checkpoint.js';
-import { checksum32 } from '../runtime/checksum.js';
 
 export interface Packing {
   /** Channel counts of activations are padded to a multiple of this (padding lanes stay zero). */
@@ -41,7 +40,6 @@ export interface WeightLayout {
 export interface PackedWeights {
   layout: WeightLayout;
   data: Float32Array;
-  checksum: number;
 }
 
 /** Fields start on 64-byte boundaries so every vector load is aligned. */
@@ -116,7 +114,8 @@ export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: Ch
 
 export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights): PackedWeights {
   const { data, ...layout } = layoutWeights(spec, packing, checkpoint);
-  return { layout, data: data!, checksum: checksum32(data!) };
+  // The checksum belongs to the weights file (float32 or float16 bytes), so build.ts computes it.
+  return { layout, data: data! };
 }
 
 function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): void {

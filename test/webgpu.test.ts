@@ -12,6 +12,7 @@ import { packWeights } from '../compiler/layout.js';
 import { planModel } from '../compiler/plan.js';
 import { renderWebGpu, WEBGPU_PACKING } from '../compiler/webgpu.js';
 import { nodeGpu } from '../compiler/node-gpu.js';
+import { checksum32 } from '../runtime/checksum.js';
 import { createWebGpuBackend, WebGpuError, type WebGpuProgram } from '../runtime/webgpu.js';
 import type { Backend, ModelManifest, RawOutputs } from '../runtime/types.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
@@ -49,7 +50,7 @@ function build(caseName: string): Built {
     hiddenAct: spec.hiddenAct, layerNormEps: spec.layerNormEps, imageSize: spec.imageSize, numLabels: spec.numLabels,
     labels: spec.labels, outFeatures: spec.outFeatures, preprocess: undefined as unknown as ModelManifest['preprocess'],
     minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps,
-    weights: { file: 'weights.bin', dtype: 'f32', floats: packed.layout.floats, checksum: packed.checksum },
+    weights: { file: 'weights.bin', dtype: 'f32', floats: packed.layout.floats, checksum: checksum32(packed.data) },
   };
   // The program is baked into modules as JSON: prove it survives the round trip.
   return { manifest, program: JSON.parse(JSON.stringify(program)) as WebGpuProgram, weights: packed.data };
