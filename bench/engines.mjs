@@ -1,9 +1,9 @@
 // One process, one set of Node flags: loads every engine once, then times them in
 // alternation (round-robin), so they share the machine's state. Prints JSON.
 // Usage: node [--experimental-wasm-relaxed-simd] bench/engines.mjs --threads T --batch B --runs N --engines a,b,c
-import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { goldenInput } from './golden-input.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -23,30 +23,7 @@ const runs = Number(values.runs);
 const warmup = Number(values.warmup);
 const engines = values.engines.split(',');
 
-// The input: golden pixel_values (batch 2), repeated to the batch size, so logits can be checked.
-const { readSafetensors } = await import('../dist/compiler/safetensors.js');
-const golden = readSafetensors(new Uint8Array(readFileSync(values.golden)), values.golden);
-const goldenPixels = golden.get('pixel_values');
-const goldenLogits = golden.get('logits').data;
-const [goldenBatch, channels, height, width] = goldenPixels.shape;
-const image = channels * height * width;
-const input = new Float32Array(batch * image);
-for (let b = 0; b < batch; b++) input.set(goldenPixels.data.subarray((b % goldenBatch) * image, (b % goldenBatch + 1) * image), b * image);
-const labels = goldenLogits.length / goldenBatch;
-
-function checkLogits(name, logits) {
-  let maxError = 0;
-  let maxGolden = 0;
-  for (let b = 0; b < batch; b++) {
-    for (let i = 0; i < labels; i++) {
-      const g = goldenLogits[(b % goldenBatch) * labels + i];
-      maxError = Math.max(maxError, Math.abs(logits[b * labels + i] - g));
-      maxGolden = Math.max(maxGolden, Math.abs(g));
-    }
-  }
-  if (!(maxError <= 1e-4 * Math.max(1, maxGolden))) throw new Error(`${name}: logits off the golden by ${maxError}; refusing to time wrong work`);
-  return maxError;
-}
+const { input, channels, height, width, checkLogits } = await goldenInput(values.golden, batch);
 
 // onnxruntime's thread pools spin after each run by default; with engines alternating in one
 // process on 2 cores, the spinning threads would steal the next engine's cores. Off for fairness.

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { goldenInput } from './golden-input.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -18,32 +19,13 @@ const { values } = parseArgs({
   },
 });
 const batch = Number(values.batch);
-const { readSafetensors } = await import('../dist/compiler/safetensors.js');
 const { nodeGpu } = await import('../dist/compiler/node-gpu.js');
 const gpu = await nodeGpu();
 const adapter = await gpu.requestAdapter();
 if (!adapter) throw new Error('no WebGPU adapter (install chromium and libvulkan1 for SwiftShader)');
 const adapterInfo = adapter.info ? `${adapter.info.vendor} ${adapter.info.architecture} ${adapter.info.description}`.trim() : 'unknown adapter';
 
-const golden = readSafetensors(new Uint8Array(readFileSync(values.golden)), values.golden);
-const pixels = golden.get('pixel_values');
-const goldenLogits = golden.get('logits').data;
-const [goldenBatch, channels, height, width] = pixels.shape;
-const image = channels * height * width;
-const input = new Float32Array(batch * image);
-for (let b = 0; b < batch; b++) input.set(pixels.data.subarray((b % goldenBatch) * image, (b % goldenBatch + 1) * image), b * image);
-const labels = goldenLogits.length / goldenBatch;
-function checkLogits(name, logits) {
-  let maxError = 0;
-  let maxGolden = 0;
-  for (let i = 0; i < batch * labels; i++) {
-    const g = goldenLogits[(Math.floor(i / labels) % goldenBatch) * labels + (i % labels)];
-    maxError = Math.max(maxError, Math.abs(logits[i] - g));
-    maxGolden = Math.max(maxGolden, Math.abs(g));
-  }
-  if (!(maxError <= 1e-4 * Math.max(1, maxGolden))) throw new Error(`${name}: logits off the golden by ${maxError}; refusing to time wrong work`);
-  return maxError;
-}
+const { input, channels, height, width, checkLogits } = await goldenInput(values.golden, batch);
 
 const contenders = [];
 for (const engine of values.engines.split(',')) {
