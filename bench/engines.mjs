@@ -28,13 +28,20 @@ const { input, channels, height, width, checkLogits } = await goldenInput(values
 // onnxruntime's thread pools spin after each run by default; with engines alternating in one
 // process on 2 cores, the spinning threads would steal the next engine's cores. Off for fairness.
 const NO_SPINNING = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
+// The floor under any engine's load: reading its weights file into fresh memory (page cache warm:
+// the module was just built). Timed before any engine loads; the buffer is dropped again.
+const { readFile } = await import('node:fs/promises');
+const readMs = async (path) => { const t0 = performance.now(); await readFile(path); return performance.now() - t0; };
+const weightReadMs = { cxc: engines.includes('cxc') ? await readMs(`${values.module}/weights.bin`) : null, onnx: await readMs(values.onnx) };
 const rssBefore = process.memoryUsage().rss;
 const contenders = [];
+let load;
+let model; // cxc's, for the extra contenders added after its load is timed
 for (const engine of engines) {
   const started = performance.now();
   if (engine === 'cxc') {
-    const { load } = await import(pathToFileURL(`${values.module}/index.js`).href);
-    const model = await load({ threads });
+    ({ load } = await import(pathToFileURL(`${values.module}/index.js`).href));
+    model = await load({ threads });
     const run = async () => (await model.run(input, { batch, height, width })).logits;
     contenders.push({ engine, detail: model.backend, run });
   } else if (engine === 'ort-web') {
@@ -54,12 +61,27 @@ for (const engine of engines) {
   } else {
     throw new Error(`unknown engine ${engine}`);
   }
-  const last = contenders[contenders.length - 1];
+  const last = contenders.find((c) => c.engine === engine);
   const firstStarted = performance.now();
   last.maxError = checkLogits(engine, await last.run());
   last.loadMs = firstStarted - started;
   last.firstRunMs = performance.now() - firstStarted;
   last.times = [];
+  if (engine === 'cxc' && threads > 1) {
+    // The same module on one thread, in the same process and alternating with the rest: the
+    // fair baseline for the threads speedup on a machine whose speed drifts.
+    const one = await load({ threads: 1 });
+    checkLogits('cxc on 1 thread', (await one.run(input, { batch, height, width })).logits);
+    const runOne = async () => (await one.run(input, { batch, height, width })).logits;
+    contenders.push({ engine: 'cxc-1thread', detail: one.backend, run: runOne, loadMs: 0, firstRunMs: 0, maxError: 0, times: [] });
+  }
+  if (engine === 'cxc' && batch > 1) {
+    // Batch 1 on the same model in the same process, alternating with the rest: the fair
+    // baseline for "batch B is at least as efficient per image" on a machine whose speed drifts.
+    const single = input.subarray(0, channels * height * width);
+    const runSingle = async () => (await model.run(single, { batch: 1, height, width })).logits;
+    contenders.push({ engine: 'cxc-batch1', detail: `${model.backend}, batch 1`, run: runSingle, loadMs: 0, firstRunMs: 0, maxError: 0, times: [] });
+  }
 }
 for (let i = 0; i < warmup; i++) for (const c of contenders) await c.run();
 for (let i = 0; i < runs; i++) {
@@ -71,7 +93,7 @@ for (let i = 0; i < runs; i++) {
 }
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 console.log(JSON.stringify({
-  threads, batch, runs,
+  threads, batch, runs, weightReadMs,
   relaxedFlag: process.execArgv.includes('--experimental-wasm-relaxed-simd'),
   rssMiB: (process.memoryUsage().rss - rssBefore) / 2 ** 20,
   maxRssMiB: process.resourceUsage().maxRSS / 1024,

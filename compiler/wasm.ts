@@ -175,7 +175,7 @@ export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promis
     const gemmSources = [...gemms.values()].map((g) => {
       if (g.k % GEMM_UNROLL !== 0 || g.n % 8 !== 0) throw new Error(`internal: GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
       return renderTemplate('wasm/gemm.wat.hbs', {
-        ...g, relaxed, mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL, unrolled: Array.from({ length: GEMM_UNROLL }, (_, i) => i),
+        ...g, relaxed, activation: spec.hiddenAct, mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL, unrolled: Array.from({ length: GEMM_UNROLL }, (_, i) => i),
         kSteps: g.k / GEMM_UNROLL, panels: g.n / 8, panelBytes: g.k * 32, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
       });
     });

@@ -61,32 +61,46 @@ function toUrl(text: string): URL | undefined {
 export interface WeightsDestination {
   /** Where to put the file's bytes (exactly the file's size): read straight into it. */
   into: Uint8Array;
-  /** A faster checksum over `into` than the JavaScript one (the WASM backend's). */
+  /**
+   * Bytes [0, upTo) of `into` are final (upTo only grows). Called on this thread while later
+   * chunks are still being read: the WASM backend checksums them and warms its kernels up here.
+   */
+  arrived?: (upTo: number) => Promise<void> | undefined;
+  /** Every byte is in: their checksum, computed faster than the JavaScript one (the WASM backend's). */
   checksum?: () => number;
 }
+
+/** Node reads: chunk size and how many are in flight (the page faults of fresh memory then overlap on several cores). */
+const READ_CHUNK_BYTES = 8 * 2 ** 20;
+const READS_IN_FLIGHT = 4;
 
 /**
  * Reads the weights file and proves it is the one this module was built for: the size
  * before reading where it can be known, then the checksum. With a destination, the bytes
- * go straight into it (the WASM backend's memory), with no second copy.
+ * go straight into it (the WASM backend's memory), with no second copy, and are
+ * checksummed chunk by chunk while later chunks are still arriving.
  */
 export async function loadWeights(source: ByteSource, manifest: ModelManifest, onProgress?: ProgressCallback, destination?: WeightsDestination): Promise<Uint8Array> {
   const expected = manifest.weights.floats * (manifest.weights.dtype === 'f16' ? 2 : 4);
-  const wrongSize = (actual: number) =>
+  const wrongSize = (actual: number, atLeast = false) =>
     new Error(
-      `cxc: the weights file ${describe(source)} is ${actual} bytes but ${manifest.name} expects ${expected}: ` +
+      `cxc: the weights file ${describe(source)} is ${atLeast ? 'more than ' : ''}${actual} bytes but ${manifest.name} expects ${expected}: ` +
         'it was packed for a different config or target, or it is truncated (make it with `cxc weights model.safetensors --config config.json`)',
     );
   let bytes: Uint8Array;
   const url = typeof source === 'string' ? toUrl(source) : source instanceof URL ? source : undefined;
-  if (destination && isNode && (typeof source === 'string' || source instanceof URL) && (url === undefined || url.protocol === 'file:')) {
-    bytes = await readFileInto(url ?? (source as string), destination.into, wrongSize, onProgress);
+  const isFile = (typeof source === 'string' || source instanceof URL) && (url === undefined || url.protocol === 'file:');
+  if (destination && isNode && isFile) {
+    bytes = await readFileInto(url ?? (source as string), destination, wrongSize, onProgress);
+  } else if (destination && !isFile && !(source instanceof ArrayBuffer) && !ArrayBuffer.isView(source)) {
+    bytes = await fetchInto(url ?? (source as string), destination, wrongSize, onProgress);
   } else {
     bytes = await readBytes(source, 'weights', onProgress);
     if (bytes.byteLength !== expected) throw wrongSize(bytes.byteLength);
     if (destination) {
       destination.into.set(bytes);
       bytes = destination.into;
+      await destination.arrived?.(bytes.byteLength);
     }
   }
   // A module built from a bare config knows the layout but not the checkpoint: size is all it can check.
@@ -102,10 +116,17 @@ export async function loadWeights(source: ByteSource, manifest: ModelManifest, o
   return bytes;
 }
 
-/** Node: the file's size first, then its bytes straight into `into`. */
-async function readFileInto(path: string | URL, into: Uint8Array, wrongSize: (n: number) => Error, onProgress?: ProgressCallback): Promise<Uint8Array> {
+type WrongSize = (actual: number, atLeast?: boolean) => Error;
+
+/**
+ * Node: the file's size first, then its bytes straight into the destination, several
+ * chunks in flight on libuv's pool; each finished chunk (in order) is checksummed on this
+ * thread while the next ones are read.
+ */
+async function readFileInto(path: string | URL, destination: WeightsDestination, wrongSize: WrongSize, onProgress?: ProgressCallback): Promise<Uint8Array> {
   type Handle = { stat(): Promise<{ size: number }>; read(b: Uint8Array, o: number, l: number, p: number): Promise<{ bytesRead: number }>; close(): Promise<void> };
   const fs = (await import(/* @vite-ignore */ 'node:fs/promises' as string)) as { open(p: string | URL, flags: string): Promise<Handle> };
+  const { into } = destination;
   let handle: Handle;
   try {
     handle = await fs.open(path, 'r');
@@ -116,17 +137,72 @@ async function readFileInto(path: string | URL, into: Uint8Array, wrongSize: (n:
   try {
     const { size } = await handle.stat();
     if (size !== into.byteLength) throw wrongSize(size);
-    const chunk = 16 * 2 ** 20;
-    for (let at = 0; at < size; ) {
-      const { bytesRead } = await handle.read(into, at, Math.min(chunk, size - at), at);
-      if (bytesRead === 0) throw wrongSize(at);
-      at += bytesRead;
-      onProgress?.({ loaded: at, total: size, what: 'weights' });
+    const readChunk = async (at: number, length: number) => {
+      for (let done = 0; done < length; ) {
+        const { bytesRead } = await handle.read(into, at + done, length - done, at + done);
+        if (bytesRead === 0) throw wrongSize(at + done); // truncated while being read
+        done += bytesRead;
+      }
+    };
+    const chunks: Promise<void>[] = [];
+    const issue = () => {
+      const at = chunks.length * READ_CHUNK_BYTES;
+      if (at >= size) return;
+      const pending = readChunk(at, Math.min(READ_CHUNK_BYTES, size - at));
+      pending.catch(() => undefined); // awaited in order below; this only keeps a later chunk's failure from going unhandled
+      chunks.push(pending);
+    };
+    for (let i = 0; i < READS_IN_FLIGHT; i++) issue();
+    for (let index = 0; index < chunks.length; index++) {
+      await chunks[index];
+      issue();
+      const loaded = Math.min(size, (index + 1) * READ_CHUNK_BYTES);
+      await destination.arrived?.(loaded);
+      onProgress?.({ loaded, total: size, what: 'weights' });
     }
     return into;
   } finally {
     await handle.close();
   }
+}
+
+/** fetch: the body streamed straight into the destination (no whole-file copy), checksummed as it arrives. */
+async function fetchInto(url: string | URL, destination: WeightsDestination, wrongSize: WrongSize, onProgress?: ProgressCallback): Promise<Uint8Array> {
+  const { into } = destination;
+  const response = await fetch(url).catch((error: unknown) => {
+    throw new Error(`cxc: cannot fetch the weights file ${String(url)}: ${(error as Error).message}`, { cause: error });
+  });
+  if (!response.ok) throw new Error(`cxc: fetching the weights file ${response.url} failed: HTTP ${response.status}`);
+  // Content-Length is the encoded size when the server compresses, so it is only trusted without Content-Encoding.
+  const declared = response.headers.get('content-encoding') ? NaN : Number(response.headers.get('content-length') ?? NaN);
+  if (Number.isFinite(declared) && declared !== into.byteLength) {
+    await response.body?.cancel();
+    throw wrongSize(declared);
+  }
+  if (!response.body) {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    if (bytes.byteLength !== into.byteLength) throw wrongSize(bytes.byteLength);
+    into.set(bytes);
+    await destination.arrived?.(into.byteLength);
+    onProgress?.({ loaded: into.byteLength, total: into.byteLength, what: 'weights' });
+    return into;
+  }
+  const reader = response.body.getReader();
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (loaded + value.byteLength > into.byteLength) {
+      await reader.cancel();
+      throw wrongSize(into.byteLength, true);
+    }
+    into.set(value, loaded);
+    loaded += value.byteLength;
+    await destination.arrived?.(loaded);
+    onProgress?.({ loaded, total: into.byteLength, what: 'weights' });
+  }
+  if (loaded !== into.byteLength) throw wrongSize(loaded);
+  return into;
 }
 
 function describe(source: ByteSource): string {

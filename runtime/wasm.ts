@@ -66,6 +66,10 @@ function workerMain(port: { on?: (event: string, handler: (data: unknown) => voi
     const control = new Int32Array(data.control);
     let generation = 0;
     for (;;) {
+      // Spin up to 0.2 ms before sleeping: the next kernel usually follows within microseconds,
+      // and waking a sleeping thread costs far more (notably on virtual machines).
+      const spinUntil = performance.now() + 0.2;
+      while (Atomics.load(control, 0) === generation && performance.now() < spinUntil);
       Atomics.wait(control, 0, generation);
       generation = Atomics.load(control, 0);
       if (control[2] === 2) return;
@@ -138,6 +142,8 @@ export async function createWasmBackend(
   if (noThreads) console.warn(`cxc: running on 1 thread instead of ${requested}: ${noThreads}`);
   const threads = noThreads ? 1 : requested;
   const shared = threads > 1;
+  /** Threads taking part in the next kernel: 1 during the warm-up run, which overlaps the weight read. */
+  let activeThreads = threads;
 
   // Typed arrays over ArrayBufferLike are what file reads return; WebAssembly's typings want ArrayBuffer.
   let bytes = (await loadBinary(shared ? 'relaxed-shared' : 'relaxed')) as Uint8Array<ArrayBuffer>;
@@ -154,25 +160,91 @@ export async function createWasmBackend(
   // A float16 weights file is staged in the (not yet used) arena, then widened into place.
   const fileBytes = manifest.weights.dtype === 'f16' ? manifest.weights.floats * 2 : weightBytes;
   const fileAt = manifest.weights.dtype === 'f16' ? arenaBase : info.weightsBase;
-  const memory = new WebAssembly.Memory({ initial: Math.ceil((fileAt + fileBytes) / PAGE) + 1, maximum: MAX_PAGES, shared });
+  // The warm-up run (below) gets its own small arena past the file, so it never writes the bytes
+  // being read, and the memory is big enough for it from the start: growing it would detach the
+  // view the reads are filling. It reads its weights from the start of the file, once enough of
+  // the file is in for the largest weight group (any bytes will do: its results are discarded).
+  const warmUpSize = manifest.minInputSize;
+  const warmUpBase = align(Math.max(arenaBase, fileAt + fileBytes));
+  const warmUpArena = planArena(warmUpBase, 1, warmUpSize, warmUpSize, warmUpSize * warmUpSize * manifest.numChannels * 4, 1);
+  const groupOffsets = [...new Set(manifest.steps.flatMap((step) => ('weights' in step ? [step.weights] : [])))].sort((x, y) => x - y);
+  const largestGroupBytes = Math.max(0, ...groupOffsets.map((offset, i) => ((groupOffsets[i + 1] ?? manifest.weights.floats) - offset) * 4));
+  const initialPages = Math.max(Math.ceil((fileAt + Math.max(fileBytes, largestGroupBytes)) / PAGE) + 1, Math.ceil(warmUpArena.end / PAGE));
+  const memory = new WebAssembly.Memory({ initial: initialPages, maximum: MAX_PAGES, shared });
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const kernels = instance.exports as Record<string, Kernel>;
-  // The weights file is read straight into linear memory and checksummed there, four lanes at a time.
+  // The weights file is read straight into linear memory and checksummed there, four lanes at a
+  // time, chunk by chunk as the reads complete. The lanes live at address 0 (the first page holds no tensor).
   const fileView = new Uint8Array(memory.buffer, fileAt, fileBytes);
-  const checksum = () => {
-    const blocks = fileBytes >>> 4;
-    // Lanes live at address 0 (the first page holds no tensor); 1 MiB chunks let the loop tier up.
-    new Int32Array(memory.buffer, 0, 4).set(laneSeeds());
-    const chunk = 65536;
-    for (let at = 0; at < blocks; at += chunk) kernels.checksum_lanes(fileAt + at * 16, Math.min(chunk, blocks - at), 0);
-    return finishChecksum(new Int32Array(memory.buffer, 0, 4), fileView.subarray(blocks * 16), fileBytes);
+  new Int32Array(memory.buffer, 0, 4).set(laneSeeds());
+  let checksummed = 0;
+  const checksumUpTo = (upTo: number) => {
+    const end = Math.min(upTo, fileBytes) & ~15;
+    if (end > checksummed) kernels.checksum_lanes(fileAt + checksummed, (end - checksummed) >>> 4, 0);
+    checksummed = Math.max(checksummed, end);
   };
-  await loadWeights(weightsSource, manifest, options.onProgress, { into: fileView, checksum });
+  // While the rest of the weights streams in (page faults and copies on other threads), every
+  // kernel runs once on a smallest-size image: the engine's optimizing tier then compiles them in
+  // the background, and the first real run is not paid at baseline-tier speed.
+  let warmedUp = false;
+  const warmUp = async () => {
+    warmedUp = true;
+    activeThreads = 1;
+    try {
+      await runWith(warmUpArena, () => fileAt, new Float32Array(manifest.numChannels * warmUpSize * warmUpSize), 1, warmUpSize, warmUpSize, false, true);
+    } finally {
+      activeThreads = threads;
+    }
+  };
+  await loadWeights(weightsSource, manifest, options.onProgress, {
+    into: fileView,
+    arrived: (upTo) => {
+      checksumUpTo(upTo);
+      if (!warmedUp && upTo >= Math.min(fileBytes, largestGroupBytes)) return warmUp();
+      return undefined;
+    },
+    checksum: () => {
+      checksumUpTo(fileBytes);
+      return finishChecksum(new Int32Array(memory.buffer, 0, 4), fileView.subarray(checksummed), fileBytes);
+    },
+  });
   if (manifest.weights.dtype === 'f16') kernels.f16_to_f32(fileAt, info.weightsBase, manifest.weights.floats);
   const exportNames = [...new Set(info.steps.flatMap((s) => s.exports))];
   for (const name of exportNames) {
     if (typeof kernels[name] !== 'function') throw new Error(`cxc: WASM module lacks kernel ${name} (corrupt module)`);
   }
+
+  /** Where a run's tensors go, from `base` up: input, two ping-pong activation buffers, per-thread scratch and GRN sums, head outputs. */
+  function planArena(base: number, batch: number, height: number, width: number, inputBytes: number, threadCount: number) {
+    const levels = levelSizes(manifest, height, width);
+    const levelImageBytes = levels.map((l, i) => l.height * l.width * manifest.levels[i].padded * 4);
+    const activationBytes = align(batch * Math.max(...levelImageBytes));
+    const maxPixels = Math.max(...levels.map((l) => l.height * l.width));
+    const lastChannels = manifest.levels[levels.length - 1].padded;
+    const labelsPadded = Math.ceil(manifest.numLabels / 8) * 8;
+    let cursor = base;
+    const take = (bytes: number) => {
+      const at = cursor;
+      cursor += align(bytes);
+      return at;
+    };
+    const buffers: Record<string, number> = {
+      input: take(inputBytes),
+      a: take(activationBytes),
+      b: take(activationBytes),
+      pooled: take(batch * lastChannels * 4),
+      logits: take(batch * labelsPadded * 4),
+    };
+    const scratchStride = align(info.scratchBytes);
+    const scratch = take(scratchStride * threadCount);
+    const mid = take(maxPixels * info.midFloats * 4);
+    const sumsqStride = align(info.hiddenFloats * 4);
+    const sumsq = take(sumsqStride * threadCount);
+    const scale = take(info.hiddenFloats * 4);
+    const featureTemp = take(Math.max(...levelImageBytes));
+    return { levels, levelImageBytes, buffers, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp, end: cursor };
+  }
+  type Arena = ReturnType<typeof planArena>;
 
   // Workers: tids 1..threads-1; the calling thread is tid 0.
   const control = shared ? new Int32Array(new SharedArrayBuffer(CONTROL_INTS * 4)) : undefined;
@@ -189,7 +261,7 @@ export async function createWasmBackend(
   /** Runs kernel(args) with args[rangeArg..rangeArg+1] = [p0, p1) split across every thread. */
   async function parallel(name: string, args: number[], rangeArg: number, scratchArg = -1, scratchStride = 0, sumsqArg = -1, sumsqStride = 0): Promise<void> {
     const kernel = kernels[name];
-    if (threads === 1) {
+    if (activeThreads === 1) {
       kernel(...args);
       return;
     }
@@ -213,6 +285,9 @@ export async function createWasmBackend(
     const own = [...args];
     own[rangeArg + 1] = first + Math.floor(count / threads);
     if (own[rangeArg + 1] > own[rangeArg]) kernel(...own);
+    // The workers' slices end about when this one does: spin a little before sleeping (as they do).
+    const spinUntil = performance.now() + 1;
+    while (Atomics.load(c, CONTROL.done) !== threads - 1 && performance.now() < spinUntil);
     for (;;) {
       const done = Atomics.load(c, CONTROL.done);
       if (done === threads - 1) break;
@@ -235,45 +310,29 @@ export async function createWasmBackend(
   }
 
   async function runLocked(input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean): Promise<RawOutputs> {
-    const levels = levelSizes(manifest, height, width);
-    // Arena: input, two ping-pong activation buffers, per-thread scratch and GRN sums, head outputs.
-    const levelImageBytes = levels.map((l, i) => l.height * l.width * manifest.levels[i].padded * 4);
-    const activationBytes = align(batch * Math.max(...levelImageBytes));
-    const maxPixels = Math.max(...levels.map((l) => l.height * l.width));
-    const lastChannels = manifest.levels[levels.length - 1].padded;
-    const labelsPadded = Math.ceil(manifest.numLabels / 8) * 8;
-    let cursor = arenaBase;
-    const take = (bytes: number) => {
-      const at = cursor;
-      cursor += align(bytes);
-      return at;
-    };
-    const buffers: Record<string, number> = {
-      input: take(input.byteLength),
-      a: take(activationBytes),
-      b: take(activationBytes),
-      pooled: take(batch * lastChannels * 4),
-      logits: take(batch * labelsPadded * 4),
-    };
-    const scratchStride = align(info.scratchBytes);
-    const scratch = take(scratchStride * threads);
-    const mid = take(maxPixels * info.midFloats * 4);
-    const sumsqStride = align(info.hiddenFloats * 4);
-    const sumsq = take(sumsqStride * threads);
-    const scale = take(info.hiddenFloats * 4);
-    const featureTemp = take(Math.max(...levelImageBytes));
-    const needed = Math.ceil(cursor / PAGE);
+    const arena = planArena(arenaBase, batch, height, width, input.byteLength, threads);
+    const needed = Math.ceil(arena.end / PAGE);
     if (needed > MAX_PAGES) {
-      throw new Error(`cxc: batch ${batch} at ${height}x${width} needs ${(cursor / 2 ** 30).toFixed(1)} GiB, over WebAssembly's 4 GiB; use a smaller batch`);
+      throw new Error(`cxc: batch ${batch} at ${height}x${width} needs ${(arena.end / 2 ** 30).toFixed(1)} GiB, over WebAssembly's 4 GiB; use a smaller batch`);
     }
     const have = memory.buffer.byteLength / PAGE;
     if (needed > have) memory.grow(needed - have);
+    return runWith(arena, (offset) => info.weightsBase + offset * 4, input, batch, height, width, withHiddenStates);
+  }
+
+  /** Runs the dispatch list with the arena laid out at `arena` (the memory already holds it), weight group `offset` at weightsAt(offset). */
+  async function runWith(arena: Arena, weightsAt: (offset: number) => number, input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean, warmingUp = false): Promise<RawOutputs> {
+    const { buffers, levels, levelImageBytes, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp } = arena;
     new Float32Array(memory.buffer, buffers.input, input.length).set(input);
 
     const outputs: RawOutputs = new Map();
-    const weightsAt = (offset: number) => info.weightsBase + offset * 4;
+    const ran = new Set<string>();
     for (let index = 0; index < manifest.steps.length; index++) {
-      await runStep(manifest.steps[index], info.steps[index].exports);
+      const names = info.steps[index].exports;
+      // Warming up, a step whose kernels all ran already (the later blocks of a stage) adds nothing.
+      if (warmingUp && names.length > 0 && names.every((name) => ran.has(name))) continue;
+      await runStep(manifest.steps[index], names);
+      for (const name of names) ran.add(name);
     }
     return outputs;
 
@@ -308,11 +367,11 @@ export async function createWasmBackend(
               continue;
             }
             // GRN needs the whole image's statistics between the two halves of the block.
-            new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * threads).fill(0);
+            new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * activeThreads).fill(0);
             await parallel(names[0], [src, mid, h, w, 0, h * w, weightsBase, scratch, sumsq], 4, 7, scratchStride, 8, sumsqStride);
-            if (threads > 1) {
-              const sums = new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * threads);
-              for (let t = 1; t < threads; t++) {
+            if (activeThreads > 1) {
+              const sums = new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * activeThreads);
+              for (let t = 1; t < activeThreads; t++) {
                 for (let i = 0; i < info.hiddenFloats; i++) sums[i] += sums[t * (sumsqStride / 4) + i];
               }
             }

@@ -169,7 +169,15 @@ describe('cxc CLI', () => {
 
 describe('cxc CLI, WebGPU target', () => {
   test('check runs a WebGPU build on Dawn (SwiftShader here) within the golden bar', async () => {
-    const result = await cxc('check', goldenPath('models', 'v2-micro'), '--target', 'webgpu', '--json');
+    const check = () => cxc('check', goldenPath('models', 'v2-micro'), '--target', 'webgpu', '--json');
+    let result = await check();
+    // Dawn + SwiftShader has, once in a full parallel run, aborted in its own threads with glibc's
+    // "futex facility returned an unexpected error code" (not reproducible alone). That native
+    // crash, and only it, gets one more try, said out loud; any other failure fails here.
+    if (result.code === null && /futex facility returned an unexpected error code/.test(result.stderr)) {
+      console.warn(`[cli webgpu] Dawn/SwiftShader aborted (${result.stderr.trim()}); running the check once more`);
+      result = await check();
+    }
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(result.stdout.trim().split('\n').pop()!);
     expect(report.failed).toBe(0);

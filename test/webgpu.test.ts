@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { parseModelConfig, type ModelSpec } from '../compiler/config.js';
+import { countParameters, parseModelConfig, type ModelSpec } from '../compiler/config.js';
 import { readSafetensors, type TensorEntry } from '../compiler/safetensors.js';
 import { bindCheckpoint, expectedTensors, type CheckpointWeights } from '../compiler/checkpoint.js';
 import { packWeights } from '../compiler/layout.js';
@@ -45,7 +45,7 @@ function build(caseName: string): Built {
   const program = renderWebGpu(plan, packed.layout);
   // The fields the backend reads; the rest as a build would fill them.
   const manifest: ModelManifest = {
-    name: `${caseName.replace('/', '-')}-webgpu`, target: 'webgpu', architecture: spec.architecture, modelType: spec.modelType,
+    name: `${caseName.replace('/', '-')}-webgpu`, target: 'webgpu', architecture: spec.architecture, parameters: countParameters(spec), modelType: spec.modelType,
     head: spec.head, numChannels: spec.numChannels, patchSize: spec.patchSize, hiddenSizes: spec.hiddenSizes, depths: spec.depths,
     hiddenAct: spec.hiddenAct, layerNormEps: spec.layerNormEps, imageSize: spec.imageSize, numLabels: spec.numLabels,
     labels: spec.labels, outFeatures: spec.outFeatures, preprocess: undefined as unknown as ModelManifest['preprocess'],
