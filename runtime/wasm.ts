@@ -359,13 +359,15 @@ export async function createWasmBackend(
           const { height: h, width: w } = levels[step.level];
           const stride = levelImageBytes[step.level];
           const weightsBase = weightsAt(step.weights);
+          if (!step.grn) {
+            // Images lie one after another, and the kernel numbers pixels across them: one call
+            // (one split between threads) covers the whole batch.
+            await parallel(names[0], [buffers[step.src], buffers[step.dst], h, w, 0, batch * h * w, weightsBase, scratch], 4, 7, scratchStride);
+            break;
+          }
           for (let b = 0; b < batch; b++) {
             const src = buffers[step.src] + b * stride;
             const dst = buffers[step.dst] + b * stride;
-            if (!step.grn) {
-              await parallel(names[0], [src, dst, h, w, 0, h * w, weightsBase, scratch], 4, 7, scratchStride);
-              continue;
-            }
             // GRN needs the whole image's statistics between the two halves of the block.
             new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * activeThreads).fill(0);
             await parallel(names[0], [src, mid, h, w, 0, h * w, weightsBase, scratch, sumsq], 4, 7, scratchStride, 8, sumsqStride);
