@@ -15,6 +15,8 @@ const { values } = parseArgs({
     module: { type: 'string' },
     onnx: { type: 'string' },
     golden: { type: 'string' },
+    // cxc only: also time the same module on one thread, alternating (the threads speedup's baseline)
+    'with-one-thread': { type: 'boolean', default: false },
   },
 });
 const threads = Number(values.threads);
@@ -67,7 +69,7 @@ for (const engine of engines) {
   last.loadMs = firstStarted - started;
   last.firstRunMs = performance.now() - firstStarted;
   last.times = [];
-  if (engine === 'cxc' && threads > 1) {
+  if (engine === 'cxc' && threads > 1 && values['with-one-thread']) {
     // The same module on one thread, in the same process and alternating with the rest: the
     // fair baseline for the threads speedup on a machine whose speed drifts.
     const one = await load({ threads: 1 });
@@ -84,8 +86,14 @@ for (const engine of engines) {
   }
 }
 for (let i = 0; i < warmup; i++) for (const c of contenders) await c.run();
+// Each timed run starts on a settled machine: a full garbage collection first (run with
+// --expose-gc), so V8's concurrent GC threads, busy with the previous engine's garbage, do not
+// take a core from the next engine, then a pause for any threads it left spinning.
+const SETTLE_MS = 25;
 for (let i = 0; i < runs; i++) {
   for (const c of contenders) {
+    globalThis.gc?.();
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
     const t0 = performance.now();
     await c.run();
     c.times.push(performance.now() - t0);
