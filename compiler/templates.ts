@@ -3,8 +3,7 @@
  * Templates hold kernel code; the TypeScript that renders them holds every decision
  * (shapes, tile sizes, offsets) and passes it in as data.
  */
-import { readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import Handlebars from 'handlebars';
 
 /** templates/ at the package root, whether running from sources or from dist/. */
@@ -30,18 +29,15 @@ engine.registerHelper('concat', (...args: unknown[]) => args.slice(0, -1).join('
 engine.registerHelper('range', (n: number) => Array.from({ length: n }, (_, i) => i));
 
 const cache = new Map<string, Handlebars.TemplateDelegate>();
+// noEscape: kernels are code, not HTML; strict: a missing field is a compiler bug, not an empty string.
+const COMPILE_OPTIONS = { noEscape: true, strict: true };
 
-function templatePath(name: string): string {
-  for (const root of TEMPLATE_ROOTS) {
-    const url = new URL(name, root);
-    try {
-      readFileSync(url);
-      return fileURLToPath(url);
-    } catch {
-      // try the next root
-    }
-  }
-  throw new Error(`internal: kernel template ${name} not found under templates/`);
+let root: URL | undefined;
+/** The templates/ folder: beside the sources, or one level up from dist/. */
+function templatesRoot(): URL {
+  root ??= TEMPLATE_ROOTS.find((url) => existsSync(url));
+  if (!root) throw new Error('internal: templates/ not found');
+  return root;
 }
 
 /**
@@ -52,25 +48,11 @@ let partialsRegistered = false;
 function registerPartials(): void {
   if (partialsRegistered) return;
   partialsRegistered = true;
-  const root = TEMPLATE_ROOTS.find((url) => {
-    try {
-      return readdirSync(url).length > 0;
-    } catch {
-      return false;
-    }
-  });
-  if (!root) throw new Error('internal: templates/ not found');
-  for (const target of readdirSync(root, { withFileTypes: true }).filter((entry) => entry.isDirectory())) {
-    const folder = new URL(`${target.name}/partials/`, root);
-    let files: string[];
-    try {
-      files = readdirSync(folder);
-    } catch {
-      continue; // a target without shared partials
-    }
-    for (const file of files.filter((f) => f.endsWith('.hbs'))) {
-      const partial = engine.compile(readFileSync(new URL(file, folder), 'utf8'), { noEscape: true, strict: true });
-      engine.registerPartial(`${target.name}/${file.split('.')[0]}`, partial);
+  for (const target of readdirSync(templatesRoot(), { withFileTypes: true }).filter((entry) => entry.isDirectory())) {
+    const folder = new URL(`${target.name}/partials/`, templatesRoot());
+    if (!existsSync(folder)) continue; // a target without shared partials
+    for (const file of readdirSync(folder).filter((f) => f.endsWith('.hbs'))) {
+      engine.registerPartial(`${target.name}/${file.split('.')[0]}`, engine.compile(readFileSync(new URL(file, folder), 'utf8'), COMPILE_OPTIONS));
     }
   }
 }
@@ -80,8 +62,13 @@ export function renderTemplate(name: string, data: object): string {
   registerPartials();
   let template = cache.get(name);
   if (!template) {
-    // noEscape: kernels are code, not HTML; strict: a missing field is a compiler bug, not an empty string.
-    template = engine.compile(readFileSync(templatePath(name), 'utf8'), { noEscape: true, strict: true });
+    let source: string;
+    try {
+      source = readFileSync(new URL(name, templatesRoot()), 'utf8');
+    } catch (error) {
+      throw new Error(`internal: kernel template ${name} not found under templates/`, { cause: error });
+    }
+    template = engine.compile(source, COMPILE_OPTIONS);
     cache.set(name, template);
   }
   return template(data);

@@ -22,14 +22,10 @@ export async function readBytes(source: ByteSource, what: string, onProgress?: P
       onProgress?.({ loaded: bytes.byteLength, total: bytes.byteLength, what });
       return bytes;
     } catch (error) {
-      const code = (error as { code?: string }).code;
-      throw new Error(`cxc: cannot read the ${what} file ${String(url ?? source)}${code ? ` (${code})` : ''}`, { cause: error });
+      throw cannotRead(url ?? (source as string), what, error);
     }
   }
-  const response = await fetch(url ?? (source as string)).catch((error: unknown) => {
-    throw new Error(`cxc: cannot fetch the ${what} file ${String(url ?? source)}: ${(error as Error).message}`, { cause: error });
-  });
-  if (!response.ok) throw new Error(`cxc: fetching the ${what} file ${response.url} failed: HTTP ${response.status}`);
+  const response = await fetchOk(url ?? (source as string), what);
   const total = Number(response.headers.get('content-length') ?? 0);
   if (!response.body || !onProgress) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();
@@ -49,6 +45,20 @@ export async function readBytes(source: ByteSource, what: string, onProgress?: P
     at += chunk.byteLength;
   }
   return bytes;
+}
+
+function cannotRead(path: string | URL, what: string, error: unknown): Error {
+  const code = (error as { code?: string }).code;
+  return new Error(`cxc: cannot read the ${what} file ${String(path)}${code ? ` (${code})` : ''}`, { cause: error });
+}
+
+/** fetch, with a network failure or an HTTP error status turned into a message naming the file. */
+async function fetchOk(url: string | URL, what: string): Promise<Response> {
+  const response = await fetch(url).catch((error: unknown) => {
+    throw new Error(`cxc: cannot fetch the ${what} file ${String(url)}: ${(error as Error).message}`, { cause: error });
+  });
+  if (!response.ok) throw new Error(`cxc: fetching the ${what} file ${response.url} failed: HTTP ${response.status}`);
+  return response;
 }
 
 /** A string is a URL when it has a scheme; otherwise a path (Node) or a relative URL (browser). */
@@ -131,8 +141,7 @@ async function readFileInto(path: string | URL, destination: WeightsDestination,
   try {
     handle = await fs.open(path, 'r');
   } catch (error) {
-    const code = (error as { code?: string }).code;
-    throw new Error(`cxc: cannot read the weights file ${String(path)}${code ? ` (${code})` : ''}`, { cause: error });
+    throw cannotRead(path, 'weights', error);
   }
   try {
     const { size } = await handle.stat();
@@ -169,10 +178,7 @@ async function readFileInto(path: string | URL, destination: WeightsDestination,
 /** fetch: the body streamed straight into the destination (no whole-file copy), checksummed as it arrives. */
 async function fetchInto(url: string | URL, destination: WeightsDestination, wrongSize: WrongSize, onProgress?: ProgressCallback): Promise<Uint8Array> {
   const { into } = destination;
-  const response = await fetch(url).catch((error: unknown) => {
-    throw new Error(`cxc: cannot fetch the weights file ${String(url)}: ${(error as Error).message}`, { cause: error });
-  });
-  if (!response.ok) throw new Error(`cxc: fetching the weights file ${response.url} failed: HTTP ${response.status}`);
+  const response = await fetchOk(url, 'weights');
   // Content-Length is the encoded size when the server compresses, so it is only trusted without Content-Encoding.
   const declared = response.headers.get('content-encoding') ? NaN : Number(response.headers.get('content-length') ?? NaN);
   if (Number.isFinite(declared) && declared !== into.byteLength) {

@@ -142,8 +142,6 @@ export async function createWasmBackend(
   if (noThreads) console.warn(`cxc: running on 1 thread instead of ${requested}: ${noThreads}`);
   const threads = noThreads ? 1 : requested;
   const shared = threads > 1;
-  /** Threads taking part in the next kernel: 1 during the warm-up run, which overlaps the weight read. */
-  let activeThreads = threads;
 
   // Typed arrays over ArrayBufferLike are what file reads return; WebAssembly's typings want ArrayBuffer.
   let bytes = (await loadBinary(shared ? 'relaxed-shared' : 'relaxed')) as Uint8Array<ArrayBuffer>;
@@ -173,6 +171,11 @@ export async function createWasmBackend(
   const memory = new WebAssembly.Memory({ initial: initialPages, maximum: MAX_PAGES, shared });
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const kernels = instance.exports as Record<string, Kernel>;
+  // Before the read: the warm-up during it calls these.
+  const exportNames = [...new Set(info.steps.flatMap((s) => s.exports))];
+  for (const name of exportNames) {
+    if (typeof kernels[name] !== 'function') throw new Error(`cxc: WASM module lacks kernel ${name} (corrupt module)`);
+  }
   // The weights file is read straight into linear memory and checksummed there, four lanes at a
   // time, chunk by chunk as the reads complete. The lanes live at address 0 (the first page holds no tensor).
   const fileView = new Uint8Array(memory.buffer, fileAt, fileBytes);
@@ -189,12 +192,7 @@ export async function createWasmBackend(
   let warmedUp = false;
   const warmUp = async () => {
     warmedUp = true;
-    activeThreads = 1;
-    try {
-      await runWith(warmUpArena, () => fileAt, new Float32Array(manifest.numChannels * warmUpSize * warmUpSize), 1, warmUpSize, warmUpSize, false, true);
-    } finally {
-      activeThreads = threads;
-    }
+    await runWith(warmUpArena, () => fileAt, new Float32Array(manifest.numChannels * warmUpSize * warmUpSize), 1, warmUpSize, warmUpSize, false, true);
   };
   await loadWeights(weightsSource, manifest, options.onProgress, {
     into: fileView,
@@ -209,12 +207,8 @@ export async function createWasmBackend(
     },
   });
   if (manifest.weights.dtype === 'f16') kernels.f16_to_f32(fileAt, info.weightsBase, manifest.weights.floats);
-  const exportNames = [...new Set(info.steps.flatMap((s) => s.exports))];
-  for (const name of exportNames) {
-    if (typeof kernels[name] !== 'function') throw new Error(`cxc: WASM module lacks kernel ${name} (corrupt module)`);
-  }
 
-  /** Where a run's tensors go, from `base` up: input, two ping-pong activation buffers, per-thread scratch and GRN sums, head outputs. */
+  /** Where a run on `threadCount` threads puts its tensors, from `base` up: input, two ping-pong activation buffers, per-thread scratch and GRN sums, head outputs. */
   function planArena(base: number, batch: number, height: number, width: number, inputBytes: number, threadCount: number) {
     const levels = levelSizes(manifest, height, width);
     const levelImageBytes = levels.map((l, i) => l.height * l.width * manifest.levels[i].padded * 4);
@@ -242,7 +236,7 @@ export async function createWasmBackend(
     const sumsq = take(sumsqStride * threadCount);
     const scale = take(info.hiddenFloats * 4);
     const featureTemp = take(Math.max(...levelImageBytes));
-    return { levels, levelImageBytes, buffers, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp, end: cursor };
+    return { threads: threadCount, levels, levelImageBytes, buffers, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp, end: cursor };
   }
   type Arena = ReturnType<typeof planArena>;
 
@@ -258,10 +252,10 @@ export async function createWasmBackend(
   let disposed = false;
   let busy = false;
 
-  /** Runs kernel(args) with args[rangeArg..rangeArg+1] = [p0, p1) split across every thread. */
-  async function parallel(name: string, args: number[], rangeArg: number, scratchArg = -1, scratchStride = 0, sumsqArg = -1, sumsqStride = 0): Promise<void> {
+  /** Runs kernel(args) with args[rangeArg..rangeArg+1] = [p0, p1) split across every thread (or on this one alone). */
+  async function parallel(threadCount: number, name: string, args: number[], rangeArg: number, scratchArg = -1, scratchStride = 0, sumsqArg = -1, sumsqStride = 0): Promise<void> {
     const kernel = kernels[name];
-    if (activeThreads === 1) {
+    if (threadCount === 1) {
       kernel(...args);
       return;
     }
@@ -322,7 +316,7 @@ export async function createWasmBackend(
 
   /** Runs the dispatch list with the arena laid out at `arena` (the memory already holds it), weight group `offset` at weightsAt(offset). */
   async function runWith(arena: Arena, weightsAt: (offset: number) => number, input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean, warmingUp = false): Promise<RawOutputs> {
-    const { buffers, levels, levelImageBytes, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp } = arena;
+    const { threads: threadCount, buffers, levels, levelImageBytes, scratch, scratchStride, mid, sumsq, sumsqStride, scale, featureTemp } = arena;
     new Float32Array(memory.buffer, buffers.input, input.length).set(input);
 
     const outputs: RawOutputs = new Map();
@@ -342,7 +336,7 @@ export async function createWasmBackend(
           const { height: h, width: w } = levels[0];
           const imageIn = manifest.numChannels * height * width * 4;
           for (let b = 0; b < batch; b++) {
-            await parallel(names[0], [buffers.input + b * imageIn, buffers[step.dst] + b * levelImageBytes[0], height, width, 0, h * w, weightsAt(step.weights)], 4);
+            await parallel(threadCount, names[0], [buffers.input + b * imageIn, buffers[step.dst] + b * levelImageBytes[0], height, width, 0, h * w, weightsAt(step.weights)], 4);
           }
           break;
         }
@@ -350,7 +344,7 @@ export async function createWasmBackend(
           const from = levels[step.level - 1];
           const to = levels[step.level];
           for (let b = 0; b < batch; b++) {
-            await parallel(names[0], [buffers[step.src] + b * levelImageBytes[step.level - 1], buffers[step.dst] + b * levelImageBytes[step.level],
+            await parallel(threadCount, names[0], [buffers[step.src] + b * levelImageBytes[step.level - 1], buffers[step.dst] + b * levelImageBytes[step.level],
               from.height, from.width, 0, to.height * to.width, weightsAt(step.weights), scratch], 4, 7, scratchStride);
           }
           break;
@@ -362,23 +356,23 @@ export async function createWasmBackend(
           if (!step.grn) {
             // Images lie one after another, and the kernel numbers pixels across them: one call
             // (one split between threads) covers the whole batch.
-            await parallel(names[0], [buffers[step.src], buffers[step.dst], h, w, 0, batch * h * w, weightsBase, scratch], 4, 7, scratchStride);
+            await parallel(threadCount, names[0], [buffers[step.src], buffers[step.dst], h, w, 0, batch * h * w, weightsBase, scratch], 4, 7, scratchStride);
             break;
           }
           for (let b = 0; b < batch; b++) {
             const src = buffers[step.src] + b * stride;
             const dst = buffers[step.dst] + b * stride;
             // GRN needs the whole image's statistics between the two halves of the block.
-            new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * activeThreads).fill(0);
-            await parallel(names[0], [src, mid, h, w, 0, h * w, weightsBase, scratch, sumsq], 4, 7, scratchStride, 8, sumsqStride);
-            if (activeThreads > 1) {
-              const sums = new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * activeThreads);
-              for (let t = 1; t < activeThreads; t++) {
+            new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * threadCount).fill(0);
+            await parallel(threadCount, names[0], [src, mid, h, w, 0, h * w, weightsBase, scratch, sumsq], 4, 7, scratchStride, 8, sumsqStride);
+            if (threadCount > 1) {
+              const sums = new Float32Array(memory.buffer, sumsq, (sumsqStride / 4) * threadCount);
+              for (let t = 1; t < threadCount; t++) {
                 for (let i = 0; i < info.hiddenFloats; i++) sums[i] += sums[t * (sumsqStride / 4) + i];
               }
             }
             kernels[names[1]](sumsq, scale, weightsBase);
-            await parallel(names[2], [src, dst, mid, 0, h * w, weightsBase, scratch, scale], 3, 6, scratchStride);
+            await parallel(threadCount, names[2], [src, dst, mid, 0, h * w, weightsBase, scratch, scale], 3, 6, scratchStride);
           }
           break;
         }
