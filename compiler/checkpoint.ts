@@ -3,7 +3,7 @@
  * checking names and shapes exactly as transformers writes them. Every missing,
  * unexpected or misshapen tensor is reported at once.
  */
-import { DWCONV_KERNEL, MLP_RATIO, type ModelSpec } from './config.js';
+import { DWCONV_KERNEL, MLP_RATIO, featureChannels, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
 import type { TensorEntry } from './safetensors.js';
 
@@ -98,10 +98,8 @@ function describe(spec: ModelSpec, prefix: string, visit: (tensor: ExpectedTenso
 
   const last = spec.hiddenSizes[spec.numStages - 1];
   if (spec.head === 'backbone') {
-    const stageChannels = [c0, ...spec.hiddenSizes];
-    const stageNames = ['stem', ...spec.hiddenSizes.map((_, i) => `stage${i + 1}`)];
     for (const feature of spec.outFeatures) {
-      weights.featureNorms[feature] = norm(`hidden_states_norms.${feature}`, stageChannels[stageNames.indexOf(feature)]);
+      weights.featureNorms[feature] = norm(`hidden_states_norms.${feature}`, featureChannels(spec.hiddenSizes, feature));
     }
   } else {
     weights.poolerNorm = norm(`${prefix}layernorm`, last);

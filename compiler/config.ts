@@ -40,8 +40,27 @@ export interface ModelSpec {
 export const INNER_LAYER_NORM_EPS = 1e-6;
 /** The depthwise kernel of every ConvNeXt block. */
 export const DWCONV_KERNEL = 7;
+/** Zero padding of the depthwise conv on each side ("same" output size). */
+export const DWCONV_PADDING = (DWCONV_KERNEL - 1) / 2;
 /** Hidden width of a block's MLP relative to its channels. */
 export const MLP_RATIO = 4;
+/** ConvNeXt V2's GRN: Nx = Gx / (mean(Gx) + GRN_EPS) (transformers hard-codes it). */
+export const GRN_EPS = 1e-6;
+
+/**
+ * Stage names as transformers' backbones call them: "stem" (the patchify output, hidden_states[0]),
+ * then "stage1".."stageN" (hidden_states[1..N]). Index k of the list is hidden_states[k].
+ */
+export function stageNames(numStages: number): string[] {
+  return ['stem', ...Array.from({ length: numStages }, (_, i) => `stage${i + 1}`)];
+}
+
+/** Channels of a stage named as in stageNames(): the stem's output has the first stage's width. */
+export function featureChannels(hiddenSizes: number[], feature: string): number {
+  const index = stageNames(hiddenSizes.length).indexOf(feature);
+  if (index < 0) throw new Error(`internal: no stage named ${feature}`);
+  return hiddenSizes[Math.max(0, index - 1)];
+}
 
 /** Beyond these a config is not a ConvNeXt anyone trained; refuse before allocating anything. */
 const LIMITS = { channels: 16384, stages: 16, depth: 256, patch: 64, labels: 1_000_000, numChannels: 64 };
@@ -138,8 +157,7 @@ export function parseModelConfig(json: unknown, source: string, context: ConfigC
 
   const { labels, numLabels } = readLabels(read, json as Json);
   const head = decideHead(read, json as Json, context, numLabels);
-  const stageNames = ['stem', ...hiddenSizes.map((_, i) => `stage${i + 1}`)];
-  const outFeatures = head === 'backbone' ? readOutFeatures(read, json as Json, stageNames) : [];
+  const outFeatures = head === 'backbone' ? readOutFeatures(read, json as Json, stageNames(hiddenSizes.length)) : [];
 
   const spec: ModelSpec = {
     modelType,
@@ -189,9 +207,7 @@ export function countParameters(spec: ModelSpec): number {
   });
   const last = sizes[sizes.length - 1];
   if (spec.head === 'backbone') {
-    const stageChannels = [sizes[0], ...sizes];
-    const stageNames = ['stem', ...sizes.map((_, i) => `stage${i + 1}`)];
-    for (const feature of spec.outFeatures) count += layerNorm(stageChannels[stageNames.indexOf(feature)]);
+    for (const feature of spec.outFeatures) count += layerNorm(featureChannels(sizes, feature));
   } else {
     count += layerNorm(last);
   }

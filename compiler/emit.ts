@@ -25,7 +25,7 @@ function runtimeDir(): string {
 
 /** Runtime files each target's module needs (the other target's backend stays out). */
 const RUNTIME_FILES: Record<ModelManifest['target'], string[]> = {
-  wasm: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'wasm.ts'],
+  wasm: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'wasm-program.ts', 'wasm-threads.ts', 'wasm.ts'],
   webgpu: ['types.ts', 'model.ts', 'assets.ts', 'checksum.ts', 'shapes.ts', 'preprocess.ts', 'half.ts', 'webgpu.ts'],
 };
 

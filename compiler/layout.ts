@@ -11,8 +11,13 @@
  * The layout depends only on the spec and the target's packing, so a module built
  * from a bare config can load any weights file packed for the same spec.
  */
-import { DWCONV_KERNEL, MLP_RATIO, type ModelSpec } from './config.js';
+import { DWCONV_KERNEL, MLP_RATIO, featureChannels, type ModelSpec } from './config.js';
 import type { BlockWeights, CheckpointWeights, NormWeights } from './checkpoint.js';
+import type {
+  BlockGroup, DownsampleGroup, LinearGroup, NormGroup, StemGroup, WeightField, WeightGroup,
+} from '../runtime/types.js';
+
+export type { BlockGroup, DownsampleGroup, LinearGroup, NormGroup, StemGroup, WeightField, WeightGroup } from '../runtime/types.js';
 
 export interface Packing {
   /** Channel counts of activations are padded to a multiple of this (padding lanes stay zero). */
@@ -24,14 +29,19 @@ export interface Packing {
   panelWidth: number;
 }
 
-export interface WeightField { offset: number; length: number }
-export interface WeightGroup {
-  key: string;
-  offset: number;
-  fields: Record<string, WeightField>;
+/** Every weight group, typed by the op that streams it; plan steps carry these references. */
+export interface WeightGroups {
+  stem: StemGroup;
+  stages: Array<{ downsample?: DownsampleGroup; blocks: BlockGroup[] }>;
+  /** Backbone: the LayerNorm of each feature map, by stage name. */
+  featureNorms: Record<string, NormGroup>;
+  pooler?: NormGroup;
+  classifier?: LinearGroup;
 }
-export interface WeightLayout {
+
+export interface WeightLayout extends WeightGroups {
   packing: Packing;
+  /** Every group, in file order. */
   groups: WeightGroup[];
   /** Total float32 count of the weights file. */
   floats: number;
@@ -59,10 +69,12 @@ class LayoutWriter {
 
   constructor(readonly packing: Packing, readonly data?: Float32Array) {}
 
-  group(key: string): void {
+  /** Starts a group; its fields are the ones written until the next group starts. */
+  group<G extends WeightGroup<string, string>>(key: string): G {
     this.floats = alignUp(this.floats, FIELD_ALIGN);
-    this.current = { key, offset: this.floats, fields: {} };
+    this.current = { key, offset: this.floats, floats: 0, dtype: 'f32', fields: {} };
     this.groups.push(this.current);
+    return this.current as unknown as G;
   }
 
   private field(name: string, length: number): WeightField {
@@ -70,6 +82,7 @@ class LayoutWriter {
     const field = { offset: this.floats, length };
     this.current!.fields[name] = field;
     this.floats += length;
+    this.current!.floats = this.floats - this.current!.offset;
     return field;
   }
 
@@ -104,12 +117,12 @@ export function paddedChannels(channels: number, packing: Packing): number {
  */
 export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights): WeightLayout & { data?: Float32Array } {
   const sizing = new LayoutWriter(packing);
-  writeAll(spec, sizing);
-  if (!checkpoint) return { packing, groups: sizing.groups, floats: alignUp(sizing.floats, FIELD_ALIGN) };
+  const sized = writeAll(spec, sizing);
+  if (!checkpoint) return { packing, ...sized, groups: sizing.groups, floats: alignUp(sizing.floats, FIELD_ALIGN) };
   const data = new Float32Array(alignUp(sizing.floats, FIELD_ALIGN));
   const writer = new LayoutWriter(packing, data);
-  writeAll(spec, writer, checkpoint);
-  return { packing, groups: writer.groups, floats: data.length, data };
+  const written = writeAll(spec, writer, checkpoint);
+  return { packing, ...written, groups: writer.groups, floats: data.length, data };
 }
 
 export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights): PackedWeights {
@@ -118,13 +131,13 @@ export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: Check
   return { layout, data: data! };
 }
 
-function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): void {
+function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): WeightGroups {
   const pad = (c: number) => paddedChannels(c, w.packing);
   const c0 = spec.hiddenSizes[0];
   const p = spec.patchSize;
   const cin = spec.numChannels;
 
-  w.group('stem');
+  const stem = w.group<StemGroup>('stem');
   const stemK = cin * p * p;
   // K runs over (ci, ky, kx): the order the stem kernel walks its NCHW input patch.
   w.matrix('weight', stemK, pad(c0), stemK, c0, ckpt && ((k, n) => ckpt.stem.convWeight[n * stemK + k]));
@@ -132,13 +145,14 @@ function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): v
   w.vector('normWeight', pad(c0), ckpt && ((i) => ckpt.stem.norm.weight[i]), c0);
   w.vector('normBias', pad(c0), ckpt && ((i) => ckpt.stem.norm.bias[i]), c0);
 
-  spec.hiddenSizes.forEach((channels, s) => {
+  const stages = spec.hiddenSizes.map((channels, s) => {
     const stage = ckpt?.stages[s];
+    let downsample: DownsampleGroup | undefined;
     if (s > 0) {
       const previous = spec.hiddenSizes[s - 1];
       const ciPad = pad(previous);
       const down = stage?.downsample;
-      w.group(`stages.${s}.downsample`);
+      downsample = w.group<DownsampleGroup>(`stages.${s}.downsample`);
       // K runs over (ky, kx, ci) with ci padded: the kernel reads four NHWC input pixels in a row.
       const sourceIndex = (k: number) => ({ tap: Math.floor(k / ciPad), ci: k % ciPad });
       w.matrix('weight', 4 * ciPad, pad(channels), 4 * ciPad, channels, down && ((k, n) => {
@@ -154,38 +168,40 @@ function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): v
         return sum;
       }), channels);
     }
-    for (let j = 0; j < spec.depths[s]; j++) {
-      w.group(`stages.${s}.blocks.${j}`);
-      writeBlock(spec, w, channels, stage?.blocks[j]);
-    }
+    const blocks = Array.from({ length: spec.depths[s] }, (_, j) => writeBlock(spec, w, `stages.${s}.blocks.${j}`, channels, stage?.blocks[j]));
+    return { downsample, blocks };
   });
 
   const last = spec.hiddenSizes[spec.numStages - 1];
+  const featureNorms: Record<string, NormGroup> = {};
+  let pooler: NormGroup | undefined;
   if (spec.head === 'backbone') {
-    const stageChannels = [c0, ...spec.hiddenSizes];
-    const stageNames = ['stem', ...spec.hiddenSizes.map((_, i) => `stage${i + 1}`)];
     for (const feature of spec.outFeatures) {
-      const channels = stageChannels[stageNames.indexOf(feature)];
-      writeNorm(w, `featureNorms.${feature}`, channels, pad(channels), ckpt?.featureNorms[feature]);
+      const channels = featureChannels(spec.hiddenSizes, feature);
+      featureNorms[feature] = writeNorm(w, `featureNorms.${feature}`, channels, pad(channels), ckpt?.featureNorms[feature]);
     }
   } else {
-    writeNorm(w, 'pooler', last, pad(last), ckpt?.poolerNorm);
+    pooler = writeNorm(w, 'pooler', last, pad(last), ckpt?.poolerNorm);
   }
+  let classifierGroup: LinearGroup | undefined;
   if (spec.head === 'classification' && spec.numLabels > 0) {
     const classifier = ckpt?.classifier;
-    w.group('classifier');
+    classifierGroup = w.group<LinearGroup>('classifier');
     w.matrix('weight', pad(last), pad(spec.numLabels), last, spec.numLabels, classifier && ((k, n) => classifier.weight[n * last + k]));
     w.vector('bias', pad(spec.numLabels), classifier && ((i) => classifier.bias[i]), spec.numLabels);
   }
+  return { stem, stages, featureNorms, pooler, classifier: classifierGroup };
 }
 
-function writeNorm(w: LayoutWriter, key: string, channels: number, padded: number, norm?: NormWeights): void {
-  w.group(key);
+function writeNorm(w: LayoutWriter, key: string, channels: number, padded: number, norm?: NormWeights): NormGroup {
+  const group = w.group<NormGroup>(key);
   w.vector('weight', padded, norm && ((i) => norm.weight[i]), channels);
   w.vector('bias', padded, norm && ((i) => norm.bias[i]), channels);
+  return group;
 }
 
-function writeBlock(spec: ModelSpec, w: LayoutWriter, channels: number, block?: BlockWeights): void {
+function writeBlock(spec: ModelSpec, w: LayoutWriter, key: string, channels: number, block?: BlockWeights): BlockGroup {
+  const group = w.group<BlockGroup>(key);
   const cPad = paddedChannels(channels, w.packing);
   const hidden = MLP_RATIO * channels;
   const hPad = paddedChannels(hidden, w.packing);
@@ -212,10 +228,5 @@ function writeBlock(spec: ModelSpec, w: LayoutWriter, channels: number, block?: 
     if (block.grn) for (let k = 0; k < hidden; k++) sum += block.pwconv2Weight[n * hidden + k] * block.grn.bias[k];
     return scale(n) * sum;
   }), channels);
-}
-
-export function findGroup(layout: WeightLayout, key: string): WeightGroup {
-  const group = layout.groups.find((g) => g.key === key);
-  if (!group) throw new Error(`internal: no weight group "${key}"`);
   return group;
 }

@@ -42,7 +42,8 @@ function templatesRoot(): URL {
 
 /**
  * Code shared by several kernels of a target (vector math, activations) lives in
- * templates/<target>/partials/<name>.<ext>.hbs and is used as {{> <target>/<name>}}.
+ * templates/<target>/partials/ and is used by its path without extensions:
+ * partials/exp.wat.hbs is {{> wasm/exp}}, partials/activations/relu.wat.hbs is {{> wasm/activations/relu}}.
  */
 let partialsRegistered = false;
 function registerPartials(): void {
@@ -51,8 +52,9 @@ function registerPartials(): void {
   for (const target of readdirSync(templatesRoot(), { withFileTypes: true }).filter((entry) => entry.isDirectory())) {
     const folder = new URL(`${target.name}/partials/`, templatesRoot());
     if (!existsSync(folder)) continue; // a target without shared partials
-    for (const file of readdirSync(folder).filter((f) => f.endsWith('.hbs'))) {
-      engine.registerPartial(`${target.name}/${file.split('.')[0]}`, engine.compile(readFileSync(new URL(file, folder), 'utf8'), COMPILE_OPTIONS));
+    for (const file of readdirSync(folder, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.hbs'))) {
+      const name = `${target.name}/${file.replace(/\\/g, '/').replace(/\.[^/]*$/, '')}`;
+      engine.registerPartial(name, engine.compile(readFileSync(new URL(file, folder), 'utf8'), COMPILE_OPTIONS));
     }
   }
 }

@@ -1,18 +1,28 @@
 /**
  * Stage 5 for the CPU target: renders the fused plan into one WebAssembly module
  * (WAT from templates/wasm, assembled with wabt), once with plain SIMD128 and once
- * with relaxed-SIMD FMA. Every decision lives here: which kernels exist, their
- * constants (channel counts, byte offsets of weight fields, tile sizes) and which
- * export each plan step calls.
+ * with relaxed-SIMD FMA, and writes the dispatch list the backend walks (runtime/wasm-program.ts):
+ * every kernel call with its arguments by role. Every decision lives here: which kernels exist,
+ * their constants (channel counts, byte offsets of weight fields, tile sizes), which buffers a
+ * run needs, and what each plan step calls.
  */
 import wabtInit from 'wabt';
-import { findGroup, type WeightLayout, type Packing } from './layout.js';
+import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
+import type { Packing, WeightGroup, WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
-import type { WasmKernelInfo, WasmStepKernels, WasmVariant } from '../runtime/wasm.js';
+import { activationPartial } from './activations.js';
+import type { WasmArg, WasmBufferSpec, WasmKernelInfo, WasmOp, WasmStep } from '../runtime/wasm-program.js';
+import type { WasmVariant } from '../runtime/wasm.js';
 
-/** Channels padded to 8 (two f32x4 vectors): the GEMM microkernel's column panel. */
-export const WASM_PACKING: Packing = { channelAlign: 8, panelWidth: 8 };
+/**
+ * Output columns per weight panel: one panel row is two f32x4 registers, the GEMM microkernel's
+ * column block (the templates hold a panel row in exactly two vectors).
+ */
+const PANEL_WIDTH = 8;
+const PANEL_ROW_BYTES = PANEL_WIDTH * 4;
+/** Channels padded to the panel width, so every panel is whole. */
+export const WASM_PACKING: Packing = { channelAlign: PANEL_WIDTH, panelWidth: PANEL_WIDTH };
 
 /**
  * Rows of the GEMM register block: 4 rows x 8 columns = 8 accumulators, plus two weight
@@ -33,8 +43,19 @@ const GEMM_UNROLL = 1;
 const TILE_BUDGET_BYTES = 512 * 1024;
 /** Weights start after the first 64 KiB page, kept free so address 0 is never a tensor. */
 export const WEIGHTS_BASE = 65536;
+/** Constants every template may use: they have one source, here and in config.ts. */
+const TEMPLATE_CONSTANTS = {
+  panelRowBytes: PANEL_ROW_BYTES,
+  panelShift: Math.log2(PANEL_ROW_BYTES),
+  dwKernel: DWCONV_KERNEL,
+  dwPadding: DWCONV_PADDING,
+  grnEps: GRN_EPS,
+};
 
-interface GemmSpec { name: string; k: number; n: number; epilogue: 'bias' | 'act' | 'act_sumsq' | 'residual' }
+type GemmEpilogue = 'bias' | 'act' | 'act_sumsq' | 'residual';
+interface GemmSpec { name: string; k: number; n: number; epilogue: GemmEpilogue }
+interface NormSpec { name: string; c: number; cs: number; padding: number; eps: number; affine: boolean }
+type StepOf<Op extends PlanStep['op']> = Extract<PlanStep, { op: Op }>;
 
 export interface WasmProgram extends WasmKernelInfo {
   binaries: Record<WasmVariant, Uint8Array>;
@@ -51,173 +72,252 @@ function tileFor(rowFloats: number): number {
   return Math.max(GEMM_ROWS, Math.min(64, Math.floor(rows / GEMM_ROWS) * GEMM_ROWS));
 }
 
-/** Byte offset of a field inside its weight group (the group's base is a kernel argument). */
-function fieldBytes(layout: WeightLayout, groupKey: string, field: string): number {
-  const group = findGroup(layout, groupKey);
-  const f = group.fields[field];
-  if (!f) throw new Error(`internal: no field ${field} in weight group ${groupKey}`);
-  return (f.offset - group.offset) * 4;
+/** Byte offsets of a group's fields from the group's start (the group's address is a kernel argument). */
+function fieldBytes<G extends WeightGroup<string, string>>(group: G): Record<string, number> {
+  const bytes: Record<string, number> = {};
+  for (const [name, field] of Object.entries(group.fields)) if (field) bytes[`${name}Bytes`] = (field.offset - group.offset) * 4;
+  return bytes;
 }
 
-export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promise<RenderedWasm> {
-  const { spec } = plan;
-  const kernels: string[] = [];
-  const gemms = new Map<string, GemmSpec>();
-  const norms = new Map<string, { name: string; c: number; cs: number; padding: number; eps: number; affine: boolean }>();
-  const stepKernels: WasmStepKernels[] = [];
-  let scratchBytes = 0;
-  let midFloats = 0;
-  let hiddenFloats = 0;
+const render = (template: string, data: object) => renderTemplate(`wasm/${template}.wat.hbs`, { ...TEMPLATE_CONSTANTS, ...data });
 
-  const gemm = (g: GemmSpec) => {
-    gemms.set(g.name, g);
-    return g.name;
-  };
-  const norm = (c: number, cs: number, eps: number, affine: boolean) => {
-    const name = `layernorm_c${c}_${affine ? 'affine' : 'plain'}_eps${String(eps).replace(/[^0-9a-z]/gi, '_')}`;
-    norms.set(name, { name, c, cs, padding: cs - c, eps, affine });
-    return name;
-  };
+/**
+ * The kernels of one model, collected while walking the plan: each plan step asks for the
+ * kernels it calls and gets their export names; shared pieces (GEMMs, LayerNorms) are kept once.
+ */
+class WasmKernelSet {
+  readonly sources: string[] = [];
+  readonly gemms = new Map<string, GemmSpec>();
+  readonly norms = new Map<string, NormSpec>();
+  /** Per-thread tile scratch (floats), the widest GRN hidden row, and the levels GRN intermediates live at. */
+  scratchFloats = 0;
+  grnHidden: Array<{ level: number; floats: number }> = [];
+  featureTemp: Array<{ level: number; floats: number }> = [];
+  private readonly blockKernels = new Map<string, string>();
+  private readonly head = { featureMaps: [] as object[], pool: undefined as object | undefined, classifier: undefined as object | undefined };
 
-  const stagesRendered = new Set<number>();
-  const featureMaps: object[] = [];
-  let pool: object | undefined;
-  let classifier: object | undefined;
-
-  for (const step of plan.steps) {
-    switch (step.op) {
-      case 'stem': {
-        const group = 'stem';
-        const cs = step.out.padded;
-        const k = step.inChannels * step.patch * step.patch;
-        kernels.push(renderTemplate('wasm/stem.wat.hbs', {
-          patch: step.patch, cin: step.inChannels, c: step.out.real, cs, panels: cs / 8, panelBytes: k * 32,
-          weightBytes: fieldBytes(layout, group, 'weight'), biasBytes: fieldBytes(layout, group, 'bias'),
-          normWeightBytes: fieldBytes(layout, group, 'normWeight'), normBiasBytes: fieldBytes(layout, group, 'normBias'),
-          norm: norm(step.out.real, cs, step.eps, true),
-        }));
-        stepKernels.push({ kind: 'stem', exports: ['stem'] });
-        break;
-      }
-      case 'downsample': {
-        const group = `stages.${step.level}.downsample`;
-        const name = `downsample_s${step.level}`;
-        const tile = tileFor(4 * step.in.padded);
-        kernels.push(renderTemplate('wasm/downsample.wat.hbs', {
-          name, cin: step.in.real, cout: step.out.real, cinPadded: step.in.padded, coutPadded: step.out.padded, tile,
-          norm: norm(step.in.real, step.in.padded, step.eps, false),
-          gemm: gemm({ name: `gemm_${name}`, k: 4 * step.in.padded, n: step.out.padded, epilogue: 'bias' }),
-          weightBytes: fieldBytes(layout, group, 'weight'), biasBytes: fieldBytes(layout, group, 'bias'),
-        }));
-        scratchBytes = Math.max(scratchBytes, tile * 4 * step.in.padded * 4);
-        stepKernels.push({ kind: 'downsample', exports: [name] });
-        break;
-      }
-      case 'block': {
-        const s = step.stage;
-        const cs = step.channels.padded;
-        const hs = step.hidden.padded;
-        const tile = tileFor(cs + hs);
-        if (!stagesRendered.has(s)) {
-          stagesRendered.add(s);
-          const group = `stages.${s}.blocks.0`;
-          gemm({ name: `pw1_s${s}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act' });
-          gemm({ name: `pw2_s${s}`, k: hs, n: cs, epilogue: 'residual' });
-          kernels.push(renderTemplate('wasm/block.wat.hbs', {
-            stage: s, c: step.channels.real, cs, hidden: step.hidden.real, hs, panels: cs / 8, tile, grn: step.grn,
-            norm: norm(step.channels.real, cs, step.eps, false),
-            dwWeightBytes: fieldBytes(layout, group, 'dwWeight'), dwBiasBytes: fieldBytes(layout, group, 'dwBias'),
-            pw1WeightBytes: fieldBytes(layout, group, 'pw1Weight'), pw1BiasBytes: fieldBytes(layout, group, 'pw1Bias'),
-            pw2WeightBytes: fieldBytes(layout, group, 'pw2Weight'), pw2BiasBytes: fieldBytes(layout, group, 'pw2Bias'),
-            grnGammaBytes: step.grn ? fieldBytes(layout, group, 'grnGamma') : 0,
-          }));
-        }
-        scratchBytes = Math.max(scratchBytes, tile * (cs + hs) * 4);
-        hiddenFloats = Math.max(hiddenFloats, hs);
-        if (step.grn) midFloats = Math.max(midFloats, hs);
-        stepKernels.push(step.grn
-          ? { kind: 'blockGrn', exports: [`block_s${s}_expand`, `grn_s${s}`, `block_s${s}_project`] }
-          : { kind: 'block', exports: [`block_s${s}`] });
-        break;
-      }
-      case 'featureMap': {
-        const name = `feature_map_${step.name.replace(/[^a-z0-9]/gi, '_')}`;
-        const group = `featureNorms.${spec.outFeatures[Number(step.name.split('.')[1])]}`;
-        featureMaps.push({
-          name, cs: step.channels.padded, norm: norm(step.channels.real, step.channels.padded, step.eps, true),
-          weightBytes: fieldBytes(layout, group, 'weight'), biasBytes: fieldBytes(layout, group, 'bias'),
-        });
-        stepKernels.push({ kind: 'featureMap', exports: [name] });
-        break;
-      }
-      case 'pool':
-        pool = {
-          cs: step.channels.padded, eps: step.eps, norm: norm(step.channels.real, step.channels.padded, step.eps, true),
-          weightBytes: fieldBytes(layout, 'pooler', 'weight'), biasBytes: fieldBytes(layout, 'pooler', 'bias'),
-        };
-        stepKernels.push({ kind: 'pool', exports: ['pool'] });
-        break;
-      case 'classifier':
-        classifier = {
-          gemm: gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias' }),
-          weightBytes: fieldBytes(layout, 'classifier', 'weight'), biasBytes: fieldBytes(layout, 'classifier', 'bias'),
-        };
-        stepKernels.push({ kind: 'classifier', exports: ['classifier'] });
-        break;
-      case 'output':
-        stepKernels.push({ kind: 'output', exports: [] });
-        break;
-      default:
-        assertNever(step);
-    }
+  gemm(spec: GemmSpec): string {
+    this.gemms.set(spec.name, spec);
+    return spec.name;
   }
-  kernels.push(renderTemplate('wasm/head.wat.hbs', { featureMaps, pool: pool ?? false, classifier: classifier ?? false }));
-  for (const n of norms.values()) kernels.push(renderTemplate('wasm/layernorm.wat.hbs', n));
 
-  const weightBytes = plan.weightFloats * 4;
-  const minPages = Math.ceil((WEIGHTS_BASE + weightBytes) / 65536) + 1;
-  const render = (relaxed: boolean, shared: boolean) => {
-    const gemmSources = [...gemms.values()].map((g) => {
-      if (g.k % GEMM_UNROLL !== 0 || g.n % 8 !== 0) throw new Error(`internal: GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
-      return renderTemplate('wasm/gemm.wat.hbs', {
-        ...g, relaxed, activation: spec.hiddenAct, mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL, unrolled: Array.from({ length: GEMM_UNROLL }, (_, i) => i),
-        kSteps: g.k / GEMM_UNROLL, panels: g.n / 8, panelBytes: g.k * 32, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
+  norm(c: number, cs: number, eps: number, affine: boolean): string {
+    const name = `layernorm_c${c}_${affine ? 'affine' : 'plain'}_eps${String(eps).replace(/[^0-9a-z]/gi, '_')}`;
+    this.norms.set(name, { name, c, cs, padding: cs - c, eps, affine });
+    return name;
+  }
+
+  stem(step: StepOf<'stem'>): string {
+    const cs = step.out.padded;
+    const k = step.inChannels * step.patch * step.patch;
+    this.sources.push(render('stem', {
+      patch: step.patch, cin: step.inChannels, c: step.out.real, cs, panels: cs / PANEL_WIDTH, panelBytes: k * PANEL_ROW_BYTES,
+      ...fieldBytes(step.weights), norm: this.norm(step.out.real, cs, step.eps, true),
+    }));
+    return 'stem';
+  }
+
+  downsample(step: StepOf<'downsample'>): string {
+    const name = `downsample_s${step.level}`;
+    const tile = tileFor(4 * step.in.padded);
+    this.sources.push(render('downsample', {
+      name, cin: step.in.real, cout: step.out.real, cinPadded: step.in.padded, coutPadded: step.out.padded, tile,
+      norm: this.norm(step.in.real, step.in.padded, step.eps, false),
+      gemm: this.gemm({ name: `gemm_${name}`, k: 4 * step.in.padded, n: step.out.padded, epilogue: 'bias' }),
+      ...fieldBytes(step.weights),
+    }));
+    this.scratchFloats = Math.max(this.scratchFloats, tile * 4 * step.in.padded);
+    return name;
+  }
+
+  /**
+   * The block kernel for this block's shapes and weight field offsets. Blocks of a stage normally
+   * share one (their groups are laid out alike); a block whose fields lie elsewhere gets its own.
+   */
+  block(step: StepOf<'block'>): string {
+    const fields = fieldBytes(step.weights);
+    const signature = JSON.stringify({ stage: step.stage, grn: step.grn, activation: step.activation, fields });
+    const existing = this.blockKernels.get(signature);
+    if (existing) return existing;
+    const sameStage = [...this.blockKernels.keys()].filter((key) => JSON.parse(key).stage === step.stage).length;
+    const id = sameStage === 0 ? `s${step.stage}` : `s${step.stage}_${sameStage}`;
+    this.blockKernels.set(signature, id);
+    const cs = step.channels.padded;
+    const hs = step.hidden.padded;
+    const tile = tileFor(cs + hs);
+    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act' });
+    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual' });
+    this.sources.push(render('block', {
+      id, stage: step.stage, c: step.channels.real, cs, hidden: step.hidden.real, hs, panels: cs / PANEL_WIDTH, tile, grn: step.grn,
+      norm: this.norm(step.channels.real, cs, step.eps, false), grnGammaBytes: 0, ...fields,
+    }));
+    this.scratchFloats = Math.max(this.scratchFloats, tile * (cs + hs));
+    if (step.grn) this.grnHidden.push({ level: step.level, floats: hs });
+    return id;
+  }
+
+  featureMap(step: StepOf<'featureMap'>): string {
+    const name = `feature_map_${step.name.replace(/[^a-z0-9]/gi, '_')}`;
+    this.head.featureMaps.push({
+      name, cs: step.channels.padded, norm: this.norm(step.channels.real, step.channels.padded, step.eps, true), ...fieldBytes(step.weights),
+    });
+    this.featureTemp.push({ level: step.level, floats: step.channels.padded });
+    return name;
+  }
+
+  pool(step: StepOf<'pool'>): string {
+    this.head.pool = { cs: step.channels.padded, eps: step.eps, norm: this.norm(step.channels.real, step.channels.padded, step.eps, true), ...fieldBytes(step.weights) };
+    return 'pool';
+  }
+
+  classifier(step: StepOf<'classifier'>): string {
+    this.head.classifier = {
+      gemm: this.gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias' }), ...fieldBytes(step.weights),
+    };
+    return 'classifier';
+  }
+
+  /** Every kernel's WAT (the GEMMs depend on the build: relaxed-SIMD FMA or plain multiply + add). */
+  kernelSources(activation: StepOf<'block'>['activation'], relaxed: boolean): string[] {
+    const head = render('head', { featureMaps: this.head.featureMaps, pool: this.head.pool ?? false, classifier: this.head.classifier ?? false });
+    const norms = [...this.norms.values()].map((n) => render('layernorm', n));
+    const gemms = [...this.gemms.values()].map((g) => {
+      if (g.k % GEMM_UNROLL !== 0 || g.n % PANEL_WIDTH !== 0) throw new Error(`internal: GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
+      return render('gemm', {
+        ...g, relaxed, activationPartial: activationPartial(activation, 'wasm'), mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL,
+        unrolled: Array.from({ length: GEMM_UNROLL }, (_, i) => i), kSteps: g.k / GEMM_UNROLL, panels: g.n / PANEL_WIDTH,
+        panelBytes: g.k * PANEL_ROW_BYTES, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
       });
     });
-    return renderTemplate('wasm/module.wat.hbs', {
-      architecture: spec.architecture, description: relaxed ? 'relaxed SIMD (FMA)' : 'SIMD128',
-      minPages, maxPages: 65536, shared,
-      math: renderTemplate('wasm/math.wat.hbs', { activation: spec.hiddenAct }),
-      kernels: [...kernels, ...gemmSources],
-    });
+    return [...this.sources, head, ...norms, ...gemms];
+  }
+}
+
+// ---- the dispatch list: argument lists by role ------------------------------------------------
+
+const buffer = (name: string, imageStride?: { level: number | 'input' | null; floats: number }): WasmArg =>
+  imageStride ? { kind: 'buffer', buffer: name, imageStride } : { kind: 'buffer', buffer: name };
+const weights = (group: WeightGroup<string, string>): WasmArg => ({ kind: 'weights', offset: group.offset });
+const size = (level: number | 'input'): WasmArg[] => [{ kind: 'height', level }, { kind: 'width', level }];
+const range = (level: number, wholeBatch: boolean): WasmArg[] => [{ kind: 'rangeStart' }, { kind: 'pixels', level, wholeBatch }];
+const pixels = (level: number): WasmArg => ({ kind: 'pixels', level, wholeBatch: false });
+const call = (kernel: string, args: WasmArg[], split = false): WasmOp => ({ op: 'call', kernel, args, split });
+
+/** The ops of one plan step, with the kernels it needs added to `kernels`. */
+function wasmStep(step: PlanStep, kernels: WasmKernelSet): WasmStep {
+  const make = (label: string, eachImage: WasmOp[], wholeBatch: WasmOp[] = [], onlyWithHiddenStates = false): WasmStep =>
+    ({ label, eachImage, wholeBatch, onlyWithHiddenStates });
+  switch (step.op) {
+    case 'stem': {
+      const args = [buffer('input', { level: 'input', floats: step.inChannels }), buffer(step.dst, { level: 0, floats: step.out.padded }),
+        ...size('input'), ...range(0, false), weights(step.weights)];
+      return make('stem', [call(kernels.stem(step), args, true)]);
+    }
+    case 'downsample': {
+      const args = [buffer(step.src, { level: step.level - 1, floats: step.in.padded }), buffer(step.dst, { level: step.level, floats: step.out.padded }),
+        ...size(step.level - 1), ...range(step.level, false), weights(step.weights), buffer('scratch')];
+      return make(step.weights.key, [call(kernels.downsample(step), args, true)]);
+    }
+    case 'block':
+      return blockStep(step, kernels.block(step));
+    case 'output':
+      return make(step.name, [], [{ op: 'readNchw', output: step.name, buffer: step.src, level: step.level, channels: step.channels }], step.onlyWithHiddenStates);
+    case 'featureMap': {
+      const args = [buffer(step.src, { level: step.level, floats: step.channels.padded }), buffer('featureTemp'), pixels(step.level), weights(step.weights)];
+      return make(step.name, [call(kernels.featureMap(step), args),
+        { op: 'readNchw', output: step.name, buffer: 'featureTemp', level: step.level, channels: step.channels }]);
+    }
+    case 'pool': {
+      const args = [buffer(step.src, { level: step.level, floats: step.channels.padded }), buffer('pooled', { level: null, floats: step.channels.padded }),
+        pixels(step.level), weights(step.weights)];
+      return make('pooler_output', [call(kernels.pool(step), args)], [{ op: 'readRows', output: 'pooler_output', buffer: 'pooled', channels: step.channels }]);
+    }
+    case 'classifier': {
+      const args = [buffer('pooled', { level: null, floats: step.in.padded }), buffer('logits', { level: null, floats: step.labels.padded }), weights(step.weights)];
+      return make('logits', [call(kernels.classifier(step), args)], [{ op: 'readRows', output: 'logits', buffer: 'logits', channels: step.labels }]);
+    }
+  }
+}
+
+function blockStep(step: StepOf<'block'>, id: string): WasmStep {
+  const label = step.weights.key;
+  if (!step.grn) {
+    // Images lie one after another and the kernel numbers pixels across them: one call (one split
+    // between threads) covers the whole batch.
+    const args = [buffer(step.src), buffer(step.dst), ...size(step.level), ...range(step.level, true), weights(step.weights), buffer('scratch')];
+    return { label, eachImage: [], wholeBatch: [call(`block_${id}`, args, true)], onlyWithHiddenStates: false };
+  }
+  // GRN needs the whole image's statistics between the two halves of the block.
+  const src = buffer(step.src, { level: step.level, floats: step.channels.padded });
+  const dst = buffer(step.dst, { level: step.level, floats: step.channels.padded });
+  return {
+    label,
+    eachImage: [
+      { op: 'clear', buffer: 'threadSums' },
+      call(`block_${id}_expand`, [src, buffer('grnHidden'), ...size(step.level), ...range(step.level, false), weights(step.weights), buffer('scratch'), buffer('threadSums')], true),
+      { op: 'sumThreads', buffer: 'threadSums', floats: step.hidden.padded },
+      call(`grn_${id}`, [buffer('threadSums'), buffer('grnScale'), weights(step.weights)]),
+      call(`block_${id}_project`, [src, dst, buffer('grnHidden'), ...range(step.level, false), weights(step.weights), buffer('scratch'), buffer('grnScale')], true),
+    ],
+    wholeBatch: [],
+    onlyWithHiddenStates: false,
   };
-  const sources = { simd: render(false, false), relaxed: render(true, false) };
+}
+
+/** The arena a run lays out: every buffer the steps name, sized by level. */
+function arenaBuffers(plan: KernelPlan, kernels: WasmKernelSet): WasmBufferSpec[] {
+  const spec = (name: string, perPixel: WasmBufferSpec['perPixel'], perImage = 0, images: WasmBufferSpec['images'] = 'batch', perThread = false): WasmBufferSpec =>
+    ({ name, perPixel, perImage, images, perThread });
+  const last = plan.levels[plan.levels.length - 1].padded;
+  const widestHidden = Math.max(0, ...kernels.grnHidden.map((h) => h.floats));
+  const buffers = [
+    spec('input', [{ level: 'input', floats: plan.spec.numChannels }]),
+    ...plan.activationBuffers.map((b) => spec(b.name, b.levels.map((level) => ({ level, floats: plan.levels[level].padded })))),
+    spec('pooled', [], last),
+    spec('logits', [], Math.ceil(plan.spec.numLabels / PANEL_WIDTH) * PANEL_WIDTH),
+    spec('scratch', [], kernels.scratchFloats, 'one', true),
+    spec('grnHidden', kernels.grnHidden, 0, 'one'),
+    spec('threadSums', [], widestHidden, 'one', true),
+    spec('grnScale', [], widestHidden, 'one'),
+    spec('featureTemp', kernels.featureTemp, 0, 'one'),
+  ];
+  return buffers.filter((b) => b.perPixel.length > 0 || b.perImage > 0);
+}
+
+async function assemble(architecture: string, sources: Record<WasmVariant, string>): Promise<Record<WasmVariant, Uint8Array>> {
   const wabt = await wabtInit();
-  const assemble = (text: string, relaxed: boolean): Uint8Array => {
-    const module = wabt.parseWat(`${spec.architecture}.wat`, text, { simd: true, relaxed_simd: relaxed, threads: true });
+  const binary = (variant: WasmVariant): Uint8Array => {
+    const relaxed = variant.startsWith('relaxed');
+    const module = wabt.parseWat(`${architecture}.wat`, sources[variant], { simd: true, relaxed_simd: relaxed, threads: true });
     try {
       return new Uint8Array(module.toBinary({ log: false, write_debug_names: true }).buffer);
     } finally {
       module.destroy();
     }
   };
-  const program: WasmProgram = {
-    weightsBase: WEIGHTS_BASE,
-    scratchBytes,
-    midFloats,
-    hiddenFloats,
-    steps: stepKernels,
-    binaries: {
-      simd: assemble(sources.simd, false),
-      relaxed: assemble(sources.relaxed, true),
-      // Threads need the memory declared shared; the kernels are otherwise identical.
-      'simd-shared': assemble(render(false, true), false),
-      'relaxed-shared': assemble(render(true, true), true),
-    },
-  };
-  return { program, sources };
+  return { simd: binary('simd'), relaxed: binary('relaxed'), 'simd-shared': binary('simd-shared'), 'relaxed-shared': binary('relaxed-shared') };
 }
 
-function assertNever(step: never): never {
-  throw new Error(`internal: unknown plan step ${JSON.stringify(step as PlanStep)}`);
+export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promise<RenderedWasm> {
+  const { spec } = plan;
+  if (layout.packing.panelWidth !== PANEL_WIDTH) throw new Error(`internal: the WASM kernels need weights packed with WASM_PACKING, got ${JSON.stringify(layout.packing)}`);
+  const kernels = new WasmKernelSet();
+  const steps = plan.steps.map((step) => wasmStep(step, kernels));
+  const minPages = Math.ceil((WEIGHTS_BASE + plan.weightFloats * 4) / 65536) + 1;
+  const moduleSource = (relaxed: boolean, shared: boolean) => render('module', {
+    architecture: spec.architecture, description: relaxed ? 'relaxed SIMD (FMA)' : 'SIMD128', minPages, maxPages: 65536, shared,
+    math: render('math', {}), kernels: kernels.kernelSources(spec.hiddenAct, relaxed),
+  });
+  // Threads need the memory declared shared; the kernels are otherwise identical.
+  const sources: Record<WasmVariant, string> = {
+    simd: moduleSource(false, false), relaxed: moduleSource(true, false),
+    'simd-shared': moduleSource(false, true), 'relaxed-shared': moduleSource(true, true),
+  };
+  const program: WasmProgram = {
+    weightsBase: WEIGHTS_BASE,
+    buffers: arenaBuffers(plan, kernels),
+    steps,
+    binaries: await assemble(spec.architecture, sources),
+  };
+  return { program, sources: { simd: sources.simd, relaxed: sources.relaxed } };
 }

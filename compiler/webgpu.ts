@@ -76,7 +76,8 @@ class ProgramBuilder {
   constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout) {
     const levels = plan.levels.length;
     const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
-    this.buffers = { a: empty(), b: empty(), normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
+    const activations = Object.fromEntries(plan.activationBuffers.map((buffer) => [buffer.name, empty()]));
+    this.buffers = { ...activations, normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
   }
 
   finish(): WebGpuProgram {
@@ -109,12 +110,6 @@ class ProgramBuilder {
   }
 
   // ---- helpers ------------------------------------------------------------------------------------
-
-  private group(offset: number): WeightGroup {
-    const group = this.layout.groups.find((g) => g.offset === offset);
-    if (!group) throw new Error(`internal: no weight group at offset ${offset}`);
-    return group;
-  }
 
   /** Field offsets of a weight group in vec4s from the group's start. */
   private fields(group: WeightGroup): Record<string, number> {
@@ -171,13 +166,13 @@ class ProgramBuilder {
   // ---- steps --------------------------------------------------------------------------------------
 
   private stem(step: Extract<PlanStep, { op: 'stem' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`stem (${step.out.real} channels)`, 'stem', {
       channels4: step.out.padded / 4, realChannels: step.out.real, inChannels: step.inChannels, patch: step.patch,
       eps: step.eps, fields: this.fields(group),
     }, SIMPLE_WORKGROUP, 0, 3);
-    this.usePerPixel(step.dst as 'a' | 'b', 0, step.out.padded);
+    this.usePerPixel(step.dst, 0, step.out.padded);
     this.kernel({
       label: 'stem', shader, step: index, level: 0, inLevel: -1, weightBase: weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
@@ -191,7 +186,7 @@ class ProgramBuilder {
   }
 
   private downsample(step: Extract<PlanStep, { op: 'downsample' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const out4 = step.out.padded / 4;
     const columns4 = largestDivisorAtMost(out4, MATMUL_MAX_COLUMNS4);
@@ -201,7 +196,7 @@ class ProgramBuilder {
       in4: step.in.padded / 4, inReal: step.in.real, out4, eps: step.eps, tilePixels: MATMUL_TILE_PIXELS, columns4, tapCount,
       fields: this.fields(group),
     }, workgroupSize, tapCount * 8, 3);
-    this.usePerPixel(step.dst as 'a' | 'b', step.level, step.out.padded);
+    this.usePerPixel(step.dst, step.level, step.out.padded);
     this.kernel({
       label: `stages.${step.level}.downsample`, shader, step: index, level: step.level, inLevel: step.level - 1, weightBase: weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: out4 / columns4 },
@@ -215,14 +210,14 @@ class ProgramBuilder {
   }
 
   private block(step: Extract<PlanStep, { op: 'block' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const fields = this.fields(group);
     const channels4 = step.channels.padded / 4;
     const hidden4 = step.hidden.padded / 4;
     const name = `stages.${step.stage}.blocks.${step.index}`;
     const src = step.src as WebGpuBufferName;
-    const dst = step.dst as WebGpuBufferName;
+    const dst = step.dst;
     const common = { step: index, level: step.level, inLevel: null, weightBase: weights.weightBase };
 
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
@@ -230,7 +225,7 @@ class ProgramBuilder {
       window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
     }, SIMPLE_WORKGROUP, 0, 3);
     this.usePerPixel('normed', step.level, step.channels.padded);
-    this.usePerPixel(dst as 'a' | 'b', step.level, step.channels.padded);
+    this.usePerPixel(dst, step.level, step.channels.padded);
     this.kernel({
       ...common, label: `${name}: depthwise conv + LayerNorm`, shader: dwconv,
       grid: { unit: 'rowQuads', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
@@ -369,7 +364,7 @@ class ProgramBuilder {
   }
 
   private featureMap(step: Extract<PlanStep, { op: 'featureMap' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`feature map LayerNorm (${step.channels.real} channels)`, 'feature-map', {
       channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
@@ -388,7 +383,7 @@ class ProgramBuilder {
   }
 
   private pool(step: Extract<PlanStep, { op: 'pool' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`pooler (${step.channels.real} channels)`, 'pool', {
       channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
@@ -409,7 +404,7 @@ class ProgramBuilder {
   }
 
   private classifier(step: Extract<PlanStep, { op: 'classifier' }>, index: number): void {
-    const group = this.group(step.weights);
+    const group = step.weights;
     const weights = this.weights(group);
     const labels4 = step.labels.padded / 4;
     const shader = this.shader(`classifier (${step.in.real} -> ${step.labels.real})`, 'classifier', {

@@ -12,28 +12,61 @@ export const ACTIVATIONS = [
 ] as const;
 export type Activation = (typeof ACTIVATIONS)[number];
 
-/** Activation buffers: the NCHW input, two NHWC ping-pong buffers, and per-image head buffers. */
-export type BufferName = 'input' | 'a' | 'b' | 'pooled' | 'logits';
+/**
+ * Buffers the plan reads and writes: the NCHW input, NHWC activation buffers `act0`, `act1`, ...
+ * (as many as the plan keeps alive at once, allocated by liveness in plan.ts), and the per-image
+ * head vectors.
+ */
+export type ActivationBufferName = `act${number}`;
+export type BufferName = 'input' | ActivationBufferName | 'pooled' | 'logits';
 
 /** Real and padded (storage) channel counts of an NHWC activation. Padding lanes hold zeros. */
 export interface Channels { real: number; padded: number }
 
+/** One tensor of a weight group: `length` floats from float `offset` of the weights (absolute). */
+export interface WeightField { offset: number; length: number }
+/** How the kernels read a group's weights (in memory, after any widening at load). */
+export type WeightDtype = 'f32';
 /**
- * One fused operation of the plan. `weights` is the float offset of the op's weight
- * group in the weights file; `level` is the resolution it runs at (0 = stem output,
- * s = stage s). The same list is the dispatch list of every target.
+ * The weights one fused op streams, laid out by compiler/layout.ts. Plan steps carry their group,
+ * so a kernel's field offsets come from the group it reads, never from another block's.
+ */
+export interface WeightGroup<Field extends string = string, OptionalField extends string = never> {
+  /** Where it came from, for messages: "stem", "stages.1.blocks.2", "classifier", ... */
+  key: string;
+  /** Float offset of the group's start (its first field) in the weights. */
+  offset: number;
+  /** Floats from `offset` to the end of its last field. */
+  floats: number;
+  dtype: WeightDtype;
+  fields: Record<Field, WeightField> & Partial<Record<OptionalField, WeightField>>;
+}
+export type StemGroup = WeightGroup<'weight' | 'bias' | 'normWeight' | 'normBias'>;
+/** The downsampling LayerNorm's affine is folded into the conv: weight and bias only. */
+export type DownsampleGroup = WeightGroup<'weight' | 'bias'>;
+/** The block LayerNorm's affine is folded into pwconv1, layer scale (and V2's GRN bias) into pwconv2. */
+export type BlockGroup = WeightGroup<'dwWeight' | 'dwBias' | 'pw1Weight' | 'pw1Bias' | 'pw2Weight' | 'pw2Bias', 'grnGamma'>;
+export type NormGroup = WeightGroup<'weight' | 'bias'>;
+export type LinearGroup = WeightGroup<'weight' | 'bias'>;
+
+/**
+ * One fused operation of the plan. `weights` is the op's weight group; `level` is the resolution
+ * it runs at (0 = stem output, s = stage s). The same list is the dispatch list of every target.
  */
 export type PlanStep =
-  | { op: 'stem'; level: 0; src: 'input'; dst: BufferName; inChannels: number; out: Channels; patch: number; weights: number; eps: number }
-  | { op: 'downsample'; level: number; src: BufferName; dst: BufferName; in: Channels; out: Channels; weights: number; eps: number }
-  | { op: 'block'; level: number; stage: number; index: number; src: BufferName; dst: BufferName; channels: Channels; hidden: Channels; activation: Activation; grn: boolean; weights: number; eps: number }
+  | { op: 'stem'; level: 0; src: 'input'; dst: ActivationBufferName; inChannels: number; out: Channels; patch: number; weights: StemGroup; eps: number }
+  | { op: 'downsample'; level: number; src: ActivationBufferName; dst: ActivationBufferName; in: Channels; out: Channels; weights: DownsampleGroup; eps: number }
+  | {
+    op: 'block'; level: number; stage: number; index: number; src: ActivationBufferName; dst: ActivationBufferName;
+    channels: Channels; hidden: Channels; activation: Activation; grn: boolean; weights: BlockGroup; eps: number;
+  }
   /** Copy an NHWC activation out as an NCHW output tensor (real channels only). */
-  | { op: 'output'; name: string; level: number; src: BufferName; channels: Channels; onlyWithHiddenStates: boolean }
+  | { op: 'output'; name: string; level: number; src: ActivationBufferName; channels: Channels; onlyWithHiddenStates: boolean }
   /** Backbone: LayerNorm (with affine) of a stage output, as an NCHW output tensor. */
-  | { op: 'featureMap'; name: string; level: number; src: BufferName; channels: Channels; weights: number; eps: number }
+  | { op: 'featureMap'; name: string; level: number; src: ActivationBufferName; channels: Channels; weights: NormGroup; eps: number }
   /** Mean over H x W, then the pooler LayerNorm with the config's eps: pooler_output. */
-  | { op: 'pool'; level: number; src: BufferName; dst: 'pooled'; channels: Channels; weights: number; eps: number }
-  | { op: 'classifier'; src: 'pooled'; dst: 'logits'; in: Channels; labels: Channels; weights: number };
+  | { op: 'pool'; level: number; src: ActivationBufferName; dst: 'pooled'; channels: Channels; weights: NormGroup; eps: number }
+  | { op: 'classifier'; src: 'pooled'; dst: 'logits'; in: Channels; labels: Channels; weights: LinearGroup };
 
 /** Everything a generated module knows about its model, baked in as data. */
 export interface ModelManifest {

@@ -14,12 +14,12 @@
  * A run writes the input and the per-dispatch parameters, encodes every dispatch in one compute
  * pass and one command encoder, copies the outputs to a staging buffer, submits once and maps it.
  */
-import type { Backend, ModelManifest, RawOutputs } from './types.js';
+import type { ActivationBufferName, Backend, ModelManifest, RawOutputs } from './types.js';
 
 // ---- the program: compiled data, baked into generated modules as JSON ---------------------------
 
 /** Activation buffers. `input` is the NCHW image batch; the rest are sized from WebGpuProgram.buffers. */
-export type WebGpuBufferName = 'input' | 'a' | 'b' | 'normed' | 'grnHidden' | 'grnScale' | 'pooled';
+export type WebGpuBufferName = 'input' | ActivationBufferName | 'normed' | 'grnHidden' | 'grnScale' | 'pooled';
 
 /** How many floats a buffer needs: batch x max over levels of (pixels x floatsPerPixel[level]) + batch x floatsPerImage. */
 export interface WebGpuBufferSize {
