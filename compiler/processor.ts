@@ -9,20 +9,11 @@
  * defaultProcessorSpec(), the preprocessing its models were trained with.
  */
 import { CxcError, show } from './errors.js';
-import type { PreprocessSpec } from '../runtime/preprocess.js';
+import { RESAMPLE_NAMES, type PreprocessSpec } from '../runtime/preprocess.js';
 
 /** The largest shortest_edge (and resized short side) accepted: beyond this it is a typo. */
 export const MAX_IMAGE_EDGE = 8192;
 
-/** PIL's resampling codes, as stored in `resample`. */
-const RESAMPLE_NAMES: Record<number, string> = {
-  0: 'nearest',
-  1: 'lanczos',
-  2: 'bilinear',
-  3: 'bicubic',
-  4: 'box',
-  5: 'hamming',
-};
 
 /** Processor classes whose preprocessing preprocess() reproduces. */
 const KNOWN_PROCESSOR_TYPES = new Set(['ConvNextImageProcessor', 'ConvNextImageProcessorFast', 'ConvNextFeatureExtractor']);

@@ -35,6 +35,11 @@ export const RESAMPLE_BILINEAR = 2;
 export const RESAMPLE_BICUBIC = 3;
 export const RESAMPLE_BOX = 4;
 export const RESAMPLE_HAMMING = 5;
+/** The filters by code, named as PIL names them. */
+export const RESAMPLE_NAMES: Readonly<Record<number, string>> = {
+  [RESAMPLE_NEAREST]: 'nearest', [RESAMPLE_LANCZOS]: 'lanczos', [RESAMPLE_BILINEAR]: 'bilinear',
+  [RESAMPLE_BICUBIC]: 'bicubic', [RESAMPLE_BOX]: 'box', [RESAMPLE_HAMMING]: 'hamming',
+};
 
 /** The most pixels a resize step may produce (3 bytes each: 384 MiB). */
 const MAX_RESIZE_PIXELS = 2 ** 27;

@@ -2,37 +2,18 @@
  * The CLI as users run it: a real process on the compiled dist/compiler/cli.js
  * (npm test compiles it first).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, truncateSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, test } from 'vitest';
 import { readSafetensors, writeSafetensors } from '../compiler/safetensors.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
+import { cxc, type CliResult } from './helpers/cli.js';
 
-const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'cxc-cli-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** Runs the CLI without blocking vitest's worker (a blocked worker misses its own RPC deadlines). */
-function cxc(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-function expectUserError(result: Awaited<ReturnType<typeof cxc>>, message: RegExp) {
+function expectUserError(result: CliResult, message: RegExp) {
   expect(result.code, result.stderr).toBe(1);
   expect(result.stderr).toMatch(message);
   // one clear line (plus a hint), never a stack trace

@@ -4,7 +4,6 @@
  * atto...huge, bare configs with no weights), checked against the published architectures
  * written out here independently of those files. Also the CLI's progress bar and --help.
  */
-import { execFile } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,20 +14,12 @@ import { packageNameFor } from '../compiler/build.js';
 import { progressBar, renderBar } from '../compiler/progress.js';
 import type { ModelManifest } from '../runtime/types.js';
 import { goldenPath } from './helpers/golden.js';
+import { cxc } from './helpers/cli.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'dist', 'compiler', 'cli.js');
 const CONFIGS = join(ROOT, 'examples', 'configs');
 const work = mkdtempSync(join(tmpdir(), 'cxc-variants-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-/** The CLI in a child process; asynchronous, so that a long build does not block vitest's worker. */
-function cxc(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 600_000, maxBuffer: 16 * 2 ** 20 }, (error, stdout, stderr) =>
-      resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, stdout, stderr }));
-  });
-}
 
 /** The published architectures: hidden sizes, depths, and parameter counts with a 1000-label head (model cards, 3+ significant digits). */
 const V1: Record<string, [number[], number[], number]> = {
