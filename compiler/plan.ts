@@ -129,7 +129,7 @@ export function assignBuffers(steps: TensorStep[]): { steps: PlanStep[]; buffers
     if (isTensor(step.src) && lastRead.get(step.src) === index) holder[bufferOf.get(step.src)!] = undefined;
     if (isTensor(step.dst) && !lastRead.has(step.dst)) holder[bufferOf.get(step.dst)!] = undefined;
     const name = (operand: unknown) => (isTensor(operand) ? (`act${operand}` as const) : operand);
-    return { ...step, src: name(src), dst: name(dst) } as PlanStep;
+    return (step.dst === undefined ? { ...step, src: name(src) } : { ...step, src: name(src), dst: name(dst) }) as PlanStep;
   });
   return { steps: planned, buffers: levelsOf.map((levels, i) => ({ name: `act${i}` as const, levels: [...levels].sort((a, b) => a - b) })) };
 }

@@ -33,7 +33,7 @@ const MAX_PAGES = 65536;
 const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
 
 /** Where one run's buffers live: byte address of each, the stride between per-thread copies, and the end. */
-interface Arena {
+export interface Arena {
   threads: number;
   batch: number;
   input: Size;
@@ -43,8 +43,8 @@ interface Arena {
   end: number;
 }
 
-/** Lays out every buffer of the dispatch list from `base` up, for a run of this shape. */
-function planArena(buffers: WasmBufferSpec[], manifest: ModelManifest, base: number, batch: number, input: Size, threads: number): Arena {
+/** Lays out every buffer of the dispatch list from `base` up, for a run of this shape. Exported for the kernel tests. */
+export function planArena(buffers: WasmBufferSpec[], manifest: Pick<ModelManifest, 'patchSize' | 'hiddenSizes'>, base: number, batch: number, input: Size, threads: number): Arena {
   const levels = levelSizes(manifest, input.height, input.width);
   const pixels = (level: WasmLevel) => (level === 'input' ? input : levels[level]);
   const arena: Arena = { threads, batch, input, levels, at: new Map(), threadStride: new Map(), end: base };
@@ -81,7 +81,7 @@ function requestedThreads(options: WasmBackendOptions): { threads: number; reque
 }
 
 /** The run state the executor resolves arguments against. */
-interface RunContext {
+export interface RunContext {
   memory: WebAssembly.Memory;
   kernels: Record<string, Kernel>;
   kernelIndex: Map<string, number>;
@@ -167,7 +167,7 @@ function readNchw(op: Extract<WasmOp, { op: 'readNchw' }>, ctx: RunContext, imag
 }
 
 /** Runs the dispatch list; warming up, steps whose kernels all ran already are skipped. */
-async function runSteps(steps: WasmStep[], ctx: RunContext, withHiddenStates: boolean, warmingUp: boolean): Promise<RawOutputs> {
+export async function runSteps(steps: WasmStep[], ctx: RunContext, withHiddenStates: boolean, warmingUp: boolean): Promise<RawOutputs> {
   const ran = new Set<string>();
   for (const step of steps) {
     if (step.onlyWithHiddenStates && !withHiddenStates) continue;

@@ -13,9 +13,9 @@ import type { BlockWeights, CheckpointWeights, NormWeights } from '../../compile
 export interface RefTensor { data: Float64Array; shape: number[] }
 
 /** An NCHW activation. */
-interface Map4 { data: Float64Array; n: number; c: number; h: number; w: number }
+export interface Map4 { data: Float64Array; n: number; c: number; h: number; w: number }
 
-const at = (x: Map4, n: number, c: number, y: number, xx: number): number => ((n * x.c + c) * x.h + y) * x.w + xx;
+export const at = (x: Map4, n: number, c: number, y: number, xx: number): number => ((n * x.c + c) * x.h + y) * x.w + xx;
 
 // ---------------------------------------------------------------------------
 // erf in float64
@@ -254,6 +254,36 @@ function stack(rows: Float64Array[]): RefTensor {
 }
 
 // ---------------------------------------------------------------------------
+// the ops a target fuses, one function each (kernel tests check a single kernel against one)
+
+export const referenceOps = {
+  /** ConvNextEmbeddings: patchify conv, then LayerNorm over channels. */
+  stem(input: Map4, spec: ModelSpec, weights: CheckpointWeights): Map4 {
+    const p = spec.patchSize;
+    const x = conv2d(input, weights.stem.convWeight, weights.stem.convBias, spec.hiddenSizes[0], p, p, 0, 1);
+    return layerNormChannels(x, weights.stem.norm, INNER_LAYER_NORM_EPS);
+  },
+  /** The downsampling layer: LayerNorm, then a 2x2 stride-2 conv. */
+  downsample(x: Map4, weights: NonNullable<CheckpointWeights['stages'][number]['downsample']>, channels: number): Map4 {
+    return conv2d(layerNormChannels(x, weights.norm, INNER_LAYER_NORM_EPS), weights.convWeight, weights.convBias, channels, 2, 2, 0, 1);
+  },
+  block(x: Map4, weights: BlockWeights, activation: Activation): Map4 {
+    return block(x, weights, REFERENCE_ACTIVATIONS[activation]);
+  },
+  /** A backbone's feature map: LayerNorm (with affine) of a stage output. */
+  featureMap(x: Map4, norm: NormWeights): Map4 {
+    return layerNormChannels(x, norm, INNER_LAYER_NORM_EPS);
+  },
+  /** pooler_output: mean over H x W, then LayerNorm with the config's eps; one row per image. */
+  pool(x: Map4, norm: NormWeights, eps: number): Float64Array[] {
+    return meanPool(x).map((v) => layerNormVector(v, norm, eps));
+  },
+  classifier(pooled: Float64Array[], weights: NonNullable<CheckpointWeights['classifier']>, labels: number): Float64Array[] {
+    return pooled.map((v) => linear(v, weights.weight, weights.bias, labels));
+  },
+};
+
+// ---------------------------------------------------------------------------
 // the model
 
 /**
@@ -273,23 +303,15 @@ export function referenceForward(
   if (pixels.length !== batch * spec.numChannels * height * width) {
     throw new Error(`reference: ${pixels.length} pixels for [${batch}, ${spec.numChannels}, ${height}, ${width}]`);
   }
-  const act = REFERENCE_ACTIVATIONS[spec.hiddenAct];
   const outputs = new Map<string, RefTensor>();
   const input: Map4 = { data: Float64Array.from(pixels), n: batch, c: spec.numChannels, h: height, w: width };
 
-  // ConvNextEmbeddings: patchify conv, then LayerNorm over channels.
-  const p = spec.patchSize;
-  let x = conv2d(input, weights.stem.convWeight, weights.stem.convBias, spec.hiddenSizes[0], p, p, 0, 1);
-  x = layerNormChannels(x, weights.stem.norm, INNER_LAYER_NORM_EPS);
+  let x = referenceOps.stem(input, spec, weights);
   const hiddenStates: Map4[] = [x];
-
   spec.hiddenSizes.forEach((channels, s) => {
     const stage = weights.stages[s];
-    if (stage.downsample) {
-      x = layerNormChannels(x, stage.downsample.norm, INNER_LAYER_NORM_EPS);
-      x = conv2d(x, stage.downsample.convWeight, stage.downsample.convBias, channels, 2, 2, 0, 1);
-    }
-    for (const blockWeights of stage.blocks) x = block(x, blockWeights, act);
+    if (stage.downsample) x = referenceOps.downsample(x, stage.downsample, channels);
+    for (const blockWeights of stage.blocks) x = referenceOps.block(x, blockWeights, spec.hiddenAct);
     hiddenStates.push(x);
   });
 
@@ -300,15 +322,13 @@ export function referenceForward(
     const stageNames = ['stem', ...spec.hiddenSizes.map((_, i) => `stage${i + 1}`)];
     spec.outFeatures.forEach((feature, k) => {
       const state = hiddenStates[stageNames.indexOf(feature)];
-      outputs.set(`feature_maps.${k}`, tensor(layerNormChannels(state, weights.featureNorms[feature], INNER_LAYER_NORM_EPS)));
+      outputs.set(`feature_maps.${k}`, tensor(referenceOps.featureMap(state, weights.featureNorms[feature])));
     });
     return outputs;
   }
 
-  const pooled = meanPool(x).map((v) => layerNormVector(v, weights.poolerNorm!, spec.layerNormEps));
+  const pooled = referenceOps.pool(x, weights.poolerNorm!, spec.layerNormEps);
   outputs.set('pooler_output', stack(pooled));
-  if (weights.classifier) {
-    outputs.set('logits', stack(pooled.map((v) => linear(v, weights.classifier!.weight, weights.classifier!.bias, spec.numLabels))));
-  }
+  if (weights.classifier) outputs.set('logits', stack(referenceOps.classifier(pooled, weights.classifier, spec.numLabels)));
   return outputs;
 }
