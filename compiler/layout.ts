@@ -77,9 +77,9 @@ class LayoutWriter {
     return this.current as unknown as G;
   }
 
-  private field(name: string, length: number): WeightField {
+  private field(name: string, length: number, layout: WeightField['layout']): WeightField {
     this.floats = alignUp(this.floats, FIELD_ALIGN);
-    const field = { offset: this.floats, length };
+    const field = { offset: this.floats, length, layout };
     this.current!.fields[name] = field;
     this.floats += length;
     this.current!.floats = this.floats - this.current!.offset;
@@ -88,14 +88,14 @@ class LayoutWriter {
 
   /** A vector of `padded` floats whose first values come from `source` (the rest are zero). */
   vector(name: string, padded: number, source?: (i: number) => number, count = padded): void {
-    const field = this.field(name, padded);
+    const field = this.field(name, padded, { kind: 'vector' });
     if (this.data && source) for (let i = 0; i < count; i++) this.data[field.offset + i] = source(i);
   }
 
   /** A K x N matrix (real size kReal x nReal, padded kPad x nPad) in column panels. */
   matrix(name: string, kPad: number, nPad: number, kReal: number, nReal: number, source?: MatrixSource): void {
     const width = this.packing.panelWidth || nPad;
-    const field = this.field(name, kPad * nPad);
+    const field = this.field(name, kPad * nPad, { kind: 'matrix', rows: kPad, columns: nPad, panelWidth: this.packing.panelWidth });
     if (!this.data || !source) return;
     for (let n = 0; n < nReal; n++) {
       const panel = Math.floor(n / width);

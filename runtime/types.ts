@@ -23,8 +23,16 @@ export type BufferName = 'input' | ActivationBufferName | 'pooled' | 'logits';
 /** Real and padded (storage) channel counts of an NHWC activation. Padding lanes hold zeros. */
 export interface Channels { real: number; padded: number }
 
-/** One tensor of a weight group: `length` floats from float `offset` of the weights (absolute). */
-export interface WeightField { offset: number; length: number }
+/**
+ * One tensor of a weight group: `length` floats from float `offset` of the weights (absolute),
+ * a vector, or a K x N matrix (padded sizes) stored K-major in column panels of `panelWidth`
+ * columns (0: one panel, plain row-major [K][N]).
+ */
+export interface WeightField {
+  offset: number;
+  length: number;
+  layout: { kind: 'vector' } | { kind: 'matrix'; rows: number; columns: number; panelWidth: number };
+}
 /** How the kernels read a group's weights (in memory, after any widening at load). */
 export type WeightDtype = 'f32';
 /**
