@@ -111,12 +111,25 @@ async function fetchSnapshot(id: HubId, settings: HubSettings, stream: ProgressS
   try {
     return await downloadSnapshot({ id, settings, cache, stream });
   } catch (error) {
+    if (isFileSystemError(error)) throw cacheWriteError(error, settings);
     if (!(error instanceof HubUnreachableError)) throw error;
     const cached = findCachedSnapshot(cache, id);
     if ('missing' in cached) throw error;
     stream.write(`cxc: ${error.message}; using ${id.repo}@${id.revision} from the cache (snapshot ${cached.commit})\n`);
     return cached;
   }
+}
+
+function isFileSystemError(error: unknown): error is NodeJS.ErrnoException {
+  return error instanceof Error && !(error instanceof CxcError) && typeof (error as NodeJS.ErrnoException).syscall === 'string' && typeof (error as NodeJS.ErrnoException).code === 'string';
+}
+
+function cacheWriteError(error: NodeJS.ErrnoException, settings: HubSettings): CxcError {
+  const full = error.code === 'ENOSPC' || error.code === 'EDQUOT';
+  return new CxcError(`cannot write the Hugging Face cache (${error.code}: ${error.syscall}${error.path ? ` ${error.path}` : ''})`, {
+    hint: full ? `free some space, or set HF_HUB_CACHE to a folder on a disk with room (now ${settings.cacheDir})` : `set HF_HUB_CACHE (now ${settings.cacheDir}) or HF_HOME to a folder you can write`,
+    cause: error,
+  });
 }
 
 /** One snapshot download: every file is asked for at the commit the first answer named, so a branch moving meanwhile cannot mix commits. */

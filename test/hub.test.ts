@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { hubSettings, parseHubId } from '../compiler/hub.js';
+import { hubSettings, parseHubId, resolveModelArgument } from '../compiler/hub.js';
 import { readShardedSafetensors, readWeightIndex } from '../compiler/shards.js';
 import { hubCacheDir } from '../compiler/hub-cache.js';
 import { readSafetensors, writeSafetensors } from '../compiler/safetensors.js';
@@ -295,6 +295,26 @@ describe('hub ids on the command line', () => {
     const cached = await cxc({ ...hubEnv(shared), HF_ENDPOINT: deadEndpoint }, 'build', 'golden/micro', '-o', join(work, 'out-offline'));
     expect(cached.code, cached.stderr).toBe(0);
     expect(cached.stderr).toMatch(/ECONNREFUSED.*using golden\/micro@main from the cache \(snapshot [0-9a-f]{40}\)/);
+  });
+
+  test('a cache that cannot be written is named, with what to set', async () => {
+    const c = freshCache();
+    writeFileSync(c.cache, 'a file where the cache folder should be');
+    const run = await cxc(hubEnv(c), 'build', 'golden/micro', '-o', join(work, 'out-unwritable'));
+    expectUserError(run, /cannot write the Hugging Face cache \((ENOTDIR|EEXIST): mkdir .*\)\nhint: set HF_HUB_CACHE/);
+  });
+
+  test('the download bar is drawn on a terminal only', async () => {
+    const env = { HF_ENDPOINT: hub.endpoint, ...hubEnv(freshCache()) };
+    const piped: string[] = [];
+    await resolveModelArgument('golden/micro', { env, stream: { isTTY: false, write: (text: string) => piped.push(text) } });
+    expect(piped).toEqual([]);
+    const terminal: string[] = [];
+    const resolved = await resolveModelArgument('golden/micro', { env: { ...env, HF_HUB_CACHE: join(env.HF_HOME, 'other') }, stream: { isTTY: true, columns: 120, write: (text: string) => terminal.push(text) } });
+    expect(resolved).toMatchObject({ hub: { repo: 'golden/micro', revision: 'main', commit: MAIN } });
+    expect(resolved.path).toBe(join(env.HF_HOME, 'other', 'models--golden--micro', 'snapshots', MAIN));
+    expect(terminal.join('')).toMatch(/downloading model\.safetensors .*100%  0\.3 \/ 0\.3 MiB/);
+    expect(terminal.at(-1)).toBe('\r\x1b[2K');
   });
 
   test('an existing folder is never taken for a hub id, and a missing one that is not an id says so', async () => {
