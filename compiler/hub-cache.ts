@@ -7,10 +7,12 @@
  *     snapshots/<commit>/<file>         relative symlinks to ../../blobs/<etag> (copies where symlinks fail)
  *     refs/<revision>                   the commit a branch or tag pointed to when last resolved
  *     .no_exist/<commit>/<file>         empty: the file is known to be absent at that commit
+ *   <cache>/.locks/models--ORG--NAME/<etag>.cxc-lock   a cxc process downloading that blob (pid@host)
  */
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { homedir, hostname } from 'node:os';
+import { basename, dirname, join, relative } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** A 40-hex-digit git commit id: such a revision needs no lookup in refs/. */
 export const COMMIT_HASH = /^[0-9a-f]{40}$/;
@@ -106,4 +108,79 @@ export function markMissing(cache: RepoCache, commit: string, file: string): voi
 
 export function isMarkedMissing(cache: RepoCache, commit: string, file: string): boolean {
   return existsSync(join(cache.root, '.no_exist', commit, ...file.split('/')));
+}
+
+/** A lock left by a process that died (same host), or idle for this long (another host sharing the cache), is taken over. */
+const FOREIGN_LOCK_IDLE_MS = 60_000;
+const LOCK_POLL_MS = 200;
+
+/**
+ * Runs `download` while holding the lock of one blob, so that two cxc processes sharing the cache
+ * (say, a wasm and a webgpu build started together) never write the same `.incomplete` file:
+ * the second waits (told once through `onWait`) and then usually finds the blob in place.
+ */
+export async function withBlobLock<T>(cache: RepoCache, etag: string, onWait: (holder: string) => void, download: () => Promise<T>): Promise<T> {
+  const lock = join(dirname(cache.root), '.locks', basename(cache.root), `${etag}.cxc-lock`);
+  mkdirSync(dirname(lock), { recursive: true });
+  let told = false;
+  while (!tryLock(lock)) {
+    const holder = readHolder(lock);
+    if (isStale(holder, lock, `${blobPath(cache, etag)}.incomplete`)) {
+      rmSync(lock, { force: true });
+      continue;
+    }
+    if (!told) onWait(holder ?? 'another process');
+    told = true;
+    await sleep(LOCK_POLL_MS);
+  }
+  try {
+    return await download();
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
+
+function tryLock(lock: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(lock, 'wx');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  }
+  writeSync(fd, `${process.pid}@${hostname()}`);
+  closeSync(fd);
+  return true;
+}
+
+function readHolder(lock: string): string | undefined {
+  try {
+    return readFileSync(lock, 'utf8');
+  } catch {
+    return undefined; // released meanwhile
+  }
+}
+
+function isStale(holder: string | undefined, lock: string, partial: string): boolean {
+  const match = /^(\d+)@(.*)$/.exec(holder ?? '');
+  if (match && match[2] === hostname()) return !isAlive(Number(match[1]));
+  const lastActivity = Math.max(mtimeMs(lock), mtimeMs(partial));
+  return Date.now() - lastActivity > FOREIGN_LOCK_IDLE_MS;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function mtimeMs(path: string): number {
+  try {
+    return statSync(path).mtimeMs;
+  } catch {
+    return 0;
+  }
 }

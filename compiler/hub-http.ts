@@ -112,7 +112,7 @@ async function request(settings: HubSettings, url: string, init: RequestInit): P
 
 function unreachable(settings: HubSettings, url: string, error: unknown): HubUnreachableError {
   const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  const why = (error as Error).name === 'TimeoutError' ? 'timed out' : cause?.code ?? cause?.message ?? (error as Error).message;
+  const why = ['TimeoutError', 'AbortError'].includes((error as Error).name) ? 'timed out' : cause?.code ?? cause?.message ?? (error as Error).message;
   const where = new URL(url).origin === new URL(settings.endpoint).origin ? `the Hugging Face Hub at ${settings.endpoint}` : `${new URL(url).origin} (where ${settings.endpoint} keeps large files)`;
   return new HubUnreachableError(`cannot reach ${where} (${why})`, {
     hint: `check the network or HF_ENDPOINT; to build from what is already in the cache (${settings.cacheDir}), set HF_HUB_OFFLINE=1`,
@@ -176,17 +176,13 @@ export async function downloadBlob(settings: HubSettings, ref: FileRef, metadata
     await rm(partial, { force: true });
     have = 0;
   }
-  let hasher = hasherFor(metadata.etag, metadata.size);
-  if (have > 0 && hasher) await hashFile(partial, hasher);
-  if (have < metadata.size) {
-    const received = await receive(settings, ref, metadata, partial, have, hasher, onProgress);
-    have = received.size;
-    hasher = received.hasher;
-  }
+  if (have < metadata.size) have = await receive(settings, ref, metadata, partial, have, onProgress);
   if (have !== metadata.size) {
     throw new CxcError(`the download of ${describe(ref)} ended at ${have} of ${metadata.size} bytes`, { hint: 'run the same command again: it resumes where this one stopped' });
   }
-  const digest = hasher?.digest('hex');
+  // Hashed as written, read back from disk: what is renamed into the cache is exactly what was verified.
+  const hasher = hasherFor(metadata.etag, metadata.size);
+  const digest = hasher && (await hashFile(partial, hasher));
   if (digest !== undefined && digest !== metadata.etag) {
     await rm(partial, { force: true });
     throw new CxcError(`the download of ${describe(ref)} is corrupt: its ${metadata.etag.length === 64 ? 'sha256' : 'git sha1'} is ${digest}, the hub says ${metadata.etag}; nothing was cached`, {
@@ -204,14 +200,13 @@ async function fileSize(path: string): Promise<number> {
   }
 }
 
-async function hashFile(path: string, hasher: Hash): Promise<void> {
-  for await (const chunk of createReadStream(path)) hasher.update(chunk as Buffer);
+async function hashFile(path: string, hasher: Hash): Promise<string> {
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hasher.update(chunk as Buffer);
+  return hasher.digest('hex');
 }
 
-/** GETs the rest of a file into `partial`, appending from `offset` when the server honours Range, else starting over. */
-async function receive(
-  settings: HubSettings, ref: FileRef, metadata: FileMetadata, partial: string, offset: number, hasher: Hash | undefined, onProgress: DownloadProgress,
-): Promise<{ size: number; hasher: Hash | undefined }> {
+/** GETs the rest of a file into `partial`, appending from `offset` when the server honours Range, else starting over; returns the size reached. */
+async function receive(settings: HubSettings, ref: FileRef, metadata: FileMetadata, partial: string, offset: number, onProgress: DownloadProgress): Promise<number> {
   const url = metadata.downloadUrl;
   const headers = baseHeaders(settings, url);
   if (offset > 0) headers.range = `bytes=${offset}-`;
@@ -221,19 +216,14 @@ async function receive(
     const response = await request(settings, url, { headers, signal: stall.signal });
     if (response.status !== 200 && response.status !== 206) throw hubError(settings, ref, response);
     const resumed = response.status === 206 && contentRangeStart(response) === offset;
-    if (!resumed && offset > 0) {
-      offset = 0; // the server sent the whole file: start over
-      hasher = hasherFor(metadata.etag, metadata.size);
-    }
-    const out = await open(partial, resumed ? 'a' : 'w');
-    let size = offset;
+    const out = await open(partial, resumed ? 'a' : 'w'); // a 200 is the whole file: start over
+    let size = resumed ? offset : 0;
     try {
       if (!response.body) throw new CxcError(`${settings.endpoint} sent no body for ${describe(ref)}`);
       for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
         clearTimeout(timer);
         timer = setTimeout(() => stall.abort(), settings.downloadTimeoutMs);
         await out.write(chunk);
-        hasher?.update(chunk);
         size += chunk.byteLength;
         onProgress(size, metadata.size);
       }
@@ -246,7 +236,7 @@ async function receive(
     } finally {
       await out.close();
     }
-    return { size, hasher };
+    return size;
   } finally {
     clearTimeout(timer);
   }

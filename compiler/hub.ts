@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { CxcError, show } from './errors.js';
 import {
   blobPath, cachedCommit, COMMIT_HASH, hfHome, hubCacheDir, isMarkedMissing, isUsable, linkIntoSnapshot, markMissing,
-  repoCache, snapshotDir, snapshotFile, writeRef, type RepoCache,
+  repoCache, snapshotDir, snapshotFile, withBlobLock, writeRef, type RepoCache,
 } from './hub-cache.js';
 import { downloadBlob, headFile, HubUnreachableError, type FileRef, type HubSettings } from './hub-http.js';
 import { mebibytes, progressBar, type ProgressStream } from './progress.js';
@@ -201,12 +201,16 @@ async function fetchFile(session: Session, file: string): Promise<string | undef
   adopt(session, metadata.commit, undefined);
   const blob = blobPath(cache, metadata.etag);
   if (!existsSync(blob)) {
-    const bar = progressBar(`downloading ${file}`, session.stream);
-    try {
-      await downloadBlob(settings, ref, metadata, blob, (loaded, total) => bar.update(loaded / total, `${mebibytes(loaded)} / ${mebibytes(total)} MiB`));
-    } finally {
-      bar.done();
-    }
+    const waiting = (holder: string) => session.stream.write(`cxc: waiting for ${holder}, which is downloading ${file} of ${id.repo} into the cache\n`);
+    await withBlobLock(cache, metadata.etag, waiting, async () => {
+      if (existsSync(blob)) return; // the process we waited for finished it
+      const bar = progressBar(`downloading ${file}`, session.stream);
+      try {
+        await downloadBlob(settings, ref, metadata, blob, (loaded, total) => bar.update(loaded / total, `${mebibytes(loaded)} / ${mebibytes(total)} MiB`));
+      } finally {
+        bar.done();
+      }
+    });
   }
   return linkIntoSnapshot(cache, session.commit!, file, metadata.etag);
 }

@@ -3,9 +3,9 @@
  * local server speaking the Hub's protocol (HF_ENDPOINT), with huggingface_hub's cache layout
  * in a temporary HF_HUB_CACHE. The served repos are the golden checkpoint folders, read in place.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -202,6 +202,28 @@ describe('hub ids on the command line', () => {
     expect(cdn).toMatchObject([{ method: 'GET', range: `bytes=${partial}-`, status: 206 }]);
     expect(sha256(readFileSync(blob))).toBe(sha256(microFiles()['model.safetensors']));
     expect(existsSync(`${blob}.incomplete`)).toBe(false);
+  });
+
+  test('two builds sharing a cache download a blob once: the second waits for the first; a dead process\'s lock is taken over', async () => {
+    const c = freshCache();
+    const blob = sha256(microFiles()['model.safetensors']);
+    const locks = join(c.cache, '.locks', 'models--golden--micro');
+    mkdirSync(locks, { recursive: true });
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    writeFileSync(join(locks, `${blob}.cxc-lock`), `${dead}@${hostname()}`);
+    const first = hub.requests.length;
+    hub.faults.lfsPieceDelayMs = 400;
+    let runs: Run[];
+    try {
+      runs = await Promise.all([1, 2].map((n) => cxc(hubEnv(c), 'build', 'golden/micro', '-o', join(work, `out-together-${n}`))));
+    } finally {
+      hub.faults.lfsPieceDelayMs = undefined;
+    }
+    for (const run of runs) expect(run.code, run.stderr).toBe(0);
+    expect(hub.requests.slice(first).filter((r) => r.server === 'cdn')).toHaveLength(1);
+    expect(runs.map((run) => run.stderr).join('')).toMatch(new RegExp(`cxc: waiting for \\d+@${hostname()}, which is downloading model\\.safetensors of golden/micro into the cache`));
+    expect(readdirSync(locks)).toEqual([]);
+    expect(sha256(readFileSync(join(repoRoot(c.cache, 'golden/micro'), 'blobs', blob)))).toBe(blob);
   });
 
   test('a corrupted LFS blob is refused (sha256 mismatch) and nothing enters the cache', async () => {

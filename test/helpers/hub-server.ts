@@ -34,6 +34,8 @@ export interface HubFaults {
   corruptLfs?: boolean;
   /** Cut the connection of the next LFS download after this many bytes (then reset). */
   dropLfsAfter?: number;
+  /** Send LFS blobs in 8 pieces this many milliseconds apart (a slow link). */
+  lfsPieceDelayMs?: number;
 }
 
 export interface HubServer {
@@ -148,5 +150,16 @@ function serveCdn(req: IncomingMessage, res: ServerResponse, blobs: Map<string, 
     res.write(body.subarray(0, drop), () => setTimeout(() => res.destroy(), 50));
     return;
   }
+  if (faults.lfsPieceDelayMs) return void sendSlowly(res, body, faults.lfsPieceDelayMs);
   res.end(body);
+}
+
+async function sendSlowly(res: ServerResponse, body: Uint8Array, delayMs: number): Promise<void> {
+  const piece = Math.ceil(body.byteLength / 8);
+  for (let start = 0; start < body.byteLength; start += piece) {
+    if (res.destroyed) return;
+    res.write(body.subarray(start, start + piece));
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+  }
+  res.end();
 }
