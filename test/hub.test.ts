@@ -8,7 +8,18 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
+
+// For the in-process tests: a file system that refuses symlinks (as Windows without developer mode does).
+const fsFaults = vi.hoisted(() => ({ refuseSymlinks: false }));
+vi.mock('node:fs', async (importOriginal) => {
+  const fs = await importOriginal<typeof import('node:fs')>();
+  const symlinkSync: typeof fs.symlinkSync = (...args) => {
+    if (fsFaults.refuseSymlinks) throw Object.assign(new Error('EPERM: operation not permitted, symlink'), { code: 'EPERM' });
+    return fs.symlinkSync(...args);
+  };
+  return { ...fs, default: { ...fs, symlinkSync }, symlinkSync };
+});
 import { hubSettings, parseHubId, resolveModelArgument } from '../compiler/hub.js';
 import { readShardedSafetensors, readWeightIndex } from '../compiler/shards.js';
 import { hubCacheDir } from '../compiler/hub-cache.js';
@@ -337,6 +348,24 @@ describe('hub ids on the command line', () => {
     expect(resolved.path).toBe(join(env.HF_HOME, 'other', 'models--golden--micro', 'snapshots', MAIN));
     expect(terminal.join('')).toMatch(/downloading model\.safetensors .*100%  0\.3 \/ 0\.3 MiB/);
     expect(terminal.at(-1)).toBe('\r\x1b[2K');
+  });
+
+  test('where symlinks fail, the snapshot holds copies of the blobs', async () => {
+    const c = freshCache();
+    fsFaults.refuseSymlinks = true;
+    let resolved;
+    try {
+      resolved = await resolveModelArgument('golden/micro', { env: { HF_ENDPOINT: hub.endpoint, ...hubEnv(c) }, stream: { write: () => true } });
+    } finally {
+      fsFaults.refuseSymlinks = false;
+    }
+    const files = microFiles();
+    for (const file of Object.keys(files) as Array<keyof typeof files>) {
+      const path = join(resolved.path, file);
+      expect(lstatSync(path).isFile(), file).toBe(true);
+      expect(new Uint8Array(readFileSync(path))).toEqual(files[file]);
+    }
+    expect(readdirSync(join(repoRoot(c.cache, 'golden/micro'), 'blobs'))).toHaveLength(3);
   });
 
   test('an existing folder is never taken for a hub id, and a missing one that is not an id says so', async () => {
