@@ -4,7 +4,7 @@
  * in a temporary HF_HUB_CACHE. The served repos are the golden checkpoint folders, read in place.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -98,10 +98,14 @@ interface Run {
 
 /** Runs the CLI (without blocking this process, which serves the hub) with the hub settings in its environment. */
 function cxc(env: Record<string, string | undefined>, ...args: string[]): Promise<Run> {
+  return cxcIn(undefined, env, ...args);
+}
+
+function cxcIn(cwd: string | undefined, env: Record<string, string | undefined>, ...args: string[]): Promise<Run> {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^(HF_|HUGGING_FACE_|HUGGINGFACE_)/.test(key)));
   const first = hub.requests.length;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...clean, HF_ENDPOINT: hub.endpoint, ...env } });
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...clean, HF_ENDPOINT: hub.endpoint, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -369,9 +373,17 @@ describe('hub ids on the command line', () => {
   });
 
   test('an existing folder is never taken for a hub id, and a missing one that is not an id says so', async () => {
-    const local = await cxc(hubEnv(freshCache()), 'build', 'no/such/folder', '-o', join(work, 'out-local'));
-    expectUserError(local, /no\/such\/folder: no such file or folder/);
+    const here = join(work, 'cwd');
+    mkdirSync(join(here, 'golden'), { recursive: true });
+    symlinkSync(goldenPath('models', 'v2-micro'), join(here, 'golden', 'micro'));
+    const local = await cxcIn(here, hubEnv(freshCache()), 'build', 'golden/micro', '-o', join(work, 'out-local'));
+    expect(local.code, local.stderr).toBe(0);
+    expect(local.stdout).toMatch(/built micro-wasm \(ConvNextV2ForImageClassification, wasm\) in /);
     expect(local.requests).toEqual([]);
+
+    const missing = await cxc(hubEnv(freshCache()), 'build', 'no/such/folder', '-o', join(work, 'out-local'));
+    expectUserError(missing, /no\/such\/folder: no such file or folder/);
+    expect(missing.requests).toEqual([]);
   });
 });
 
