@@ -228,7 +228,8 @@ async function receive(settings: HubSettings, ref: FileRef, metadata: FileMetada
         onProgress(size, metadata.size);
       }
     } catch (error) {
-      if (error instanceof CxcError) throw error;
+      // Ours, or the disk's (a full disk is not a network hiccup that a retry resumes)
+      if (error instanceof CxcError || typeof (error as NodeJS.ErrnoException).syscall === 'string') throw error;
       throw new CxcError(`the download of ${describe(ref)} was interrupted at ${size} of ${metadata.size} bytes (${(error as Error).name === 'AbortError' ? `no data for ${settings.downloadTimeoutMs / 1000} s` : (error as Error).message})`, {
         hint: 'run the same command again: it resumes where this one stopped',
         cause: error,
