@@ -137,8 +137,8 @@ program
       throw new CxcError('missing the model to build', { hint: 'cxc build MODEL_DIR|config.json -o OUT, or cxc build --all-variants CONFIGS_DIR -o OUT_ROOT' });
     }
     if (packageName !== undefined) validatePackageName(packageName);
-    const started = performance.now();
     const model = await resolveModelArgument(input);
+    const started = performance.now();
     // A hub snapshot folder is named by its commit: the package is named after the repo instead.
     const hubPackageName = model.hub ? packageNameFor(model.hub.repo.split('/')[1], options.target) : undefined;
     const steps = BUILD_STAGES.length + 1;
