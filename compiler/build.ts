@@ -10,6 +10,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { countParameters, parseModelConfig, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
 import { readSafetensors } from './safetensors.js';
+import { readShardedSafetensors } from './shards.js';
 import { bindCheckpoint } from './checkpoint.js';
 import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
@@ -73,18 +74,19 @@ export function loadModelSource(source: ModelSource): LoadedModel {
     throw new CxcError('no config.json in this folder', { file: source.input, hint: 'point cxc at a Hugging Face model folder or at a config.json' });
   }
   const weightsPath = source.weights ?? (isDir && existsSync(join(input, 'model.safetensors')) ? join(input, 'model.safetensors') : undefined);
-  if (isDir && !weightsPath && existsSync(join(input, 'pytorch_model.bin'))) {
+  const shardIndex = isDir && !weightsPath && existsSync(join(input, 'model.safetensors.index.json')) ? join(input, 'model.safetensors.index.json') : undefined;
+  if (isDir && !weightsPath && !shardIndex && existsSync(join(input, 'pytorch_model.bin'))) {
     throw new CxcError('this folder has pytorch_model.bin but no model.safetensors', {
       file: source.input,
       hint: 'convert it once in Python: model.save_pretrained(dir, safe_serialization=True)',
     });
   }
-  const tensors = weightsPath ? readSafetensors(readBytes(weightsPath, 'weights'), weightsPath) : undefined;
+  const tensors = shardIndex ? readShardedSafetensors(shardIndex) : weightsPath ? readSafetensors(readBytes(weightsPath, 'weights'), weightsPath) : undefined;
   const spec = parseModelConfig(readJson(configPath, 'model config'), configPath, { tensorNames: tensors?.keys() });
   const processorPath = source.processor ?? (isDir && existsSync(join(input, 'preprocessor_config.json')) ? join(input, 'preprocessor_config.json') : undefined);
   const preprocess = processorPath ? parseProcessorConfig(readJson(processorPath, 'preprocessor config'), processorPath) : defaultProcessorSpec();
   const baseName = isDir ? basename(input) : basename(dirname(input));
-  return { spec, preprocess, tensors, weightsPath, baseName };
+  return { spec, preprocess, tensors, weightsPath: weightsPath ?? shardIndex, baseName };
 }
 
 export interface CompileOptions extends ModelSource {

@@ -21,6 +21,7 @@ import { readSafetensors, writeSafetensors, type TensorToWrite } from './safeten
 import type { TargetName } from './targets.js';
 import { preprocess } from '../runtime/preprocess.js';
 import { mebibytes, progressBar } from './progress.js';
+import { resolveModelArgument } from './hub.js';
 import type { ConvNextModel, LoadOptions } from '../runtime/model.js';
 
 // The compiler (ts-morph, wabt, the kernel templates) takes a second to import: only the
@@ -114,7 +115,7 @@ program.name('cxc').description('The ConvNeXt compiler: a Hugging Face ConvNeXt 
 program
   .command('build')
   .description('compile a model folder (config.json, model.safetensors, preprocessor_config.json) or a bare config.json into an npm package; with --all-variants, one package per config in a folder')
-  .argument('[input]', 'Hugging Face model folder, or a config.json')
+  .argument('[input]', 'Hugging Face model folder, a config.json, or a hub id ORG/NAME[@REVISION] (fetched into the Hugging Face cache)')
   .addOption(targetOption())
   .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package); with --all-variants, the folder that receives one package folder per variant')
   .option('--all-variants <configs>', 'build every variant in a folder: NAME/config.json (model folders, with or without model.safetensors) and NAME.json (bare configs)')
@@ -124,7 +125,7 @@ program
   .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
   .option('--force', 'replace a non-empty output folder that cxc did not make', false)
   .action(async (input: string | undefined, options: BuildCommandOptions) => {
-    const { BUILD_STAGES, compileModel, validatePackageName, validatePackageVersion, writePackage } = await compiler();
+    const { BUILD_STAGES, compileModel, packageNameFor, validatePackageName, validatePackageVersion, writePackage } = await compiler();
     const [packageName, packageVersion] = splitPackage(options.package);
     if (packageVersion !== undefined) validatePackageVersion(packageVersion);
     if (options.allVariants !== undefined) {
@@ -136,13 +137,16 @@ program
       throw new CxcError('missing the model to build', { hint: 'cxc build MODEL_DIR|config.json -o OUT, or cxc build --all-variants CONFIGS_DIR -o OUT_ROOT' });
     }
     if (packageName !== undefined) validatePackageName(packageName);
+    const model = await resolveModelArgument(input);
     const started = performance.now();
+    // A hub snapshot folder is named by its commit: the package is named after the repo instead.
+    const hubPackageName = model.hub ? packageNameFor(model.hub.repo.split('/')[1], options.target) : undefined;
     const steps = BUILD_STAGES.length + 1;
     const bar = progressBar('building');
     let built: CompiledModule;
     try {
       built = await compileModel({
-        input, target: options.target, weights: options.weights, processor: options.processor, packageName, packageVersion,
+        input: model.path, target: options.target, weights: options.weights, processor: options.processor, packageName: packageName ?? hubPackageName, packageVersion,
         weightsDtype: options.weightsDtype, onProgress: ({ stage, step }) => bar.update(step / steps, stage),
       });
       bar.update(BUILD_STAGES.length / steps, 'writing the package');
@@ -153,7 +157,7 @@ program
     }
     const weights = built.files.get('weights.bin');
     console.log(
-      `built ${built.manifest.name} (${built.manifest.architecture}, ${options.target}) in ${options.out}: ` +
+      `built ${built.manifest.name} (${built.manifest.architecture}, ${options.target}${model.hub ? `, ${model.hub.repo} at ${model.hub.commit.slice(0, 12)}` : ''}) in ${options.out}: ` +
         `${built.plan.steps.length} plan steps, weights ${weights ? `${(weights.length / 2 ** 20).toFixed(1)} MiB` : 'not bundled (bare config)'}, ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
@@ -300,12 +304,13 @@ program
 program
   .command('check')
   .description('build a model folder and check it against golden outputs; exits 1 past tolerance (1e-4 x max(1, max|golden|))')
-  .argument('<input>', 'Hugging Face model folder, or a config.json')
+  .argument('<input>', 'Hugging Face model folder, a config.json, or a hub id ORG/NAME[@REVISION]')
   .addOption(targetOption())
   .option('--golden <files...>', 'safetensors files with pixel_values and expected outputs (default: <input>/golden.safetensors)')
   .option('--weights <file>', 'model.safetensors given separately')
   .option('--json', 'print JSON', false)
-  .action(async (input: string, options: { target: TargetName; golden?: string[]; weights?: string; json: boolean }) => {
+  .action(async (argument: string, options: { target: TargetName; golden?: string[]; weights?: string; json: boolean }) => {
+    const input = (await resolveModelArgument(argument)).path;
     const goldens = options.golden ?? [join(input, 'golden.safetensors')];
     const { compileModel, writePackage } = await compiler();
     const outDir = mkdtempSync(join(tmpdir(), 'cxc-check-'));
