@@ -9,7 +9,8 @@ import { existsSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSy
 import { basename, dirname, join, resolve } from 'node:path';
 import { countParameters, parseModelConfig, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
-import { readSafetensors } from './safetensors.js';
+import type { TensorEntry } from './safetensors.js';
+import { findWeightsFile, readCheckpointFile } from './checkpoint-files.js';
 import { bindCheckpoint } from './checkpoint.js';
 import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
@@ -34,7 +35,7 @@ export interface LoadedModel {
   spec: ModelSpec;
   preprocess: PreprocessSpec;
   /** Checkpoint tensors, absent for a bare config. */
-  tensors?: ReturnType<typeof readSafetensors>;
+  tensors?: Map<string, TensorEntry>;
   weightsPath?: string;
   /** A short name for the variant, from the folder or file name. */
   baseName: string;
@@ -54,14 +55,6 @@ function readJson(path: string, what: string): unknown {
   }
 }
 
-function readBytes(path: string, what: string): Uint8Array {
-  try {
-    return new Uint8Array(readFileSync(path));
-  } catch (error) {
-    throw new CxcError(`cannot read the ${what} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { file: path });
-  }
-}
-
 /** Reads and validates everything the source names; nothing is compiled yet. */
 export function loadModelSource(source: ModelSource): LoadedModel {
   const input = resolve(source.input);
@@ -71,14 +64,9 @@ export function loadModelSource(source: ModelSource): LoadedModel {
   if (isDir && !existsSync(configPath)) {
     throw new CxcError('no config.json in this folder', { file: source.input, hint: 'point cxc at a Hugging Face model folder or at a config.json' });
   }
-  const weightsPath = source.weights ?? (isDir && existsSync(join(input, 'model.safetensors')) ? join(input, 'model.safetensors') : undefined);
-  if (isDir && !weightsPath && existsSync(join(input, 'pytorch_model.bin'))) {
-    throw new CxcError('this folder has pytorch_model.bin but no model.safetensors', {
-      file: source.input,
-      hint: 'convert it once in Python: model.save_pretrained(dir, safe_serialization=True)',
-    });
-  }
-  const tensors = weightsPath ? readSafetensors(readBytes(weightsPath, 'weights'), weightsPath) : undefined;
+  // model.safetensors, else its shard index, else pytorch_model.bin, else its shard index.
+  const weightsPath = source.weights ?? (isDir ? findWeightsFile(input) : undefined);
+  const tensors = weightsPath ? readCheckpointFile(weightsPath) : undefined;
   const spec = parseModelConfig(readJson(configPath, 'model config'), configPath, { tensorNames: tensors?.keys() });
   const processorPath = source.processor ?? (isDir && existsSync(join(input, 'preprocessor_config.json')) ? join(input, 'preprocessor_config.json') : undefined);
   const preprocess = processorPath ? parseProcessorConfig(readJson(processorPath, 'preprocessor config'), processorPath) : defaultProcessorSpec();
