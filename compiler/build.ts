@@ -5,13 +5,13 @@
  *   -> rendered kernels (wasm.ts / webgpu.ts) -> emitted module (emit.ts).
  * compileModel() is pure (files in memory); buildModule() writes them.
  */
-import { existsSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSync, writeSync, rmSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { countParameters, parseModelConfig, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
 import type { TensorEntry } from './safetensors.js';
 import { findWeightsFile, readCheckpointFile } from './checkpoint-files.js';
-import { bindCheckpoint } from './checkpoint.js';
+import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
 import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
 import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
@@ -113,7 +113,9 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
 
   progress(1);
   const checkpoint = loaded.tensors ? bindCheckpoint(spec, loaded.tensors, loaded.weightsPath!) : undefined;
-  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint) : undefined;
+  // From here the bound checkpoint holds every tensor packing needs, and lets each go once packed.
+  loaded.tensors?.clear();
+  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint, releaseWhenPacked(checkpoint)) : undefined;
   const layout = packed?.layout ?? layoutWeights(spec, target.packing);
   const plan = planModel(spec, layout);
   progress(2);
@@ -189,9 +191,25 @@ export function writePackage(outDir: string, files: Map<string, string | Uint8Ar
     const target = resolve(root, path);
     if (!target.startsWith(root + '/')) throw new Error(`internal: refusing to write ${path} outside ${outDir}`);
     mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, contents);
+    writeFileInChunks(target, contents);
   }
 }
+
+/** Node refuses single writes past 2 GiB: large weights files are written a chunk at a time. */
+export function writeFileInChunks(path: string, contents: string | Uint8Array): void {
+  if (typeof contents === 'string' || contents.byteLength <= WRITE_CHUNK_BYTES) {
+    writeFileSync(path, contents);
+    return;
+  }
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < contents.byteLength; ) at += writeSync(fd, contents, at, Math.min(WRITE_CHUNK_BYTES, contents.byteLength - at));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const WRITE_CHUNK_BYTES = 64 * 2 ** 20;
 
 // ---------------------------------------------------------------------------------------
 // The output package: package.json and a README written for this variant

@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { Command, Option } from 'commander';
 import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
-import { bindCheckpoint } from './checkpoint.js';
+import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
 import { compareToGolden } from './compare.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
@@ -222,13 +222,14 @@ program
   .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
   .requiredOption('-o, --out <file>', 'weights file to write')
   .action(async (weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
-    const { loadModelSource, weightsFileBytes } = await compiler();
+    const { loadModelSource, weightsFileBytes, writeFileInChunks } = await compiler();
     const { TARGETS } = await targets();
     const loaded = loadModelSource({ input: options.config, weights: weightsPath });
     const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
-    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint);
+    loaded.tensors!.clear();
+    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint, releaseWhenPacked(checkpoint));
     const bytes = weightsFileBytes(packed.data, options.weightsDtype, weightsPath);
-    writeFileSync(options.out, bytes);
+    writeFileInChunks(options.out, bytes);
     console.log(`wrote ${options.out}: ${(bytes.byteLength / 2 ** 20).toFixed(1)} MiB (${options.weightsDtype}), checksum ${checksum32(bytes).toString(16)}`);
   });
 
