@@ -118,7 +118,7 @@ program
   .addOption(targetOption())
   .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package); with --all-variants, the folder that receives one package folder per variant')
   .option('--all-variants <configs>', 'build every variant in a folder: NAME/config.json (model folders, with or without model.safetensors) and NAME.json (bare configs)')
-  .option('--weights <file>', 'model.safetensors given separately (default: the one in the model folder)')
+  .option('--weights <file>', 'weights given separately: model.safetensors, pytorch_model.bin or a shard index *.index.json (default: the model folder\'s)')
   .option('--processor <file>', 'preprocessor_config.json given separately (default: the one in the model folder, else 224 crop, bicubic, ImageNet mean/std)')
   .option('--package <name[@version]>', 'npm package name and version (default: <folder>-<target>@1.0.0); with --all-variants a template where {name} is <folder>-<target>, e.g. @acme/{name}@2.0.0')
   .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
@@ -215,8 +215,8 @@ async function buildVariantsCommand(configsDir: string, options: BuildCommandOpt
 
 program
   .command('weights')
-  .description('pack a model.safetensors into the weights file a module built from the bare config loads')
-  .argument('<safetensors>', 'model.safetensors')
+  .description('pack a checkpoint into the weights file a module built from the bare config loads')
+  .argument('<safetensors>', 'model.safetensors, pytorch_model.bin or a shard index (*.index.json)')
   .requiredOption('--config <file>', 'the config.json the module was built from')
   .addOption(targetOption())
   .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
