@@ -70,7 +70,8 @@ const OPCODE_NAMES: Record<number, string> = {
 export function describeValue(value: PickleValue): string {
   if (value === null) return 'None';
   if (value instanceof Uint8Array) return `bytes (${value.byteLength})`;
-  if (typeof value !== 'object') return `${typeof value} ${String(value).slice(0, 40)}`;
+  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value)}`;
+  if (typeof value !== 'object') return `${typeof value} ${String(value)}`;
   if (value.kind === 'global') return `the global ${value.name}`;
   return value.kind;
 }

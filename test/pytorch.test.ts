@@ -83,6 +83,29 @@ describe('torch.save checkpoints give the same tensors as safetensors', () => {
     expectSameTensors(readPytorchCheckpoint(fixture(`micro-${tag}.bin`)), expected);
   });
 
+  test('ZIP64 end records (torch writes them; here the classic record is saturated so only they give the directory)', () => {
+    const bytes = Uint8Array.from(readFileSync(fixture('micro', 'pytorch_model.bin')));
+    const view = new DataView(bytes.buffer);
+    let eocd = bytes.length - 22;
+    while (view.getUint32(eocd, true) !== 0x06054b50) eocd--;
+    view.setUint16(eocd + 8, 0xffff, true);
+    view.setUint16(eocd + 10, 0xffff, true);
+    view.setUint32(eocd + 12, 0xffffffff, true);
+    view.setUint32(eocd + 16, 0xffffffff, true);
+    const path = join(work, 'zip64.bin');
+    writeFileSync(path, bytes);
+    expectSameTensors(readPytorchCheckpoint(path), readGolden('models', 'micro', 'model.safetensors'));
+  });
+
+  test('a corrupted data.pkl fails its CRC-32 check', () => {
+    const bytes = Uint8Array.from(readFileSync(fixture('hostile', 'small-valid.bin')));
+    const at = Buffer.from(bytes).indexOf('_rebuild_tensor_v2');
+    bytes[at] ^= 0x20;
+    const path = join(work, 'crc.bin');
+    writeFileSync(path, bytes);
+    expect(() => readPytorchCheckpoint(path)).toThrow(/fails its CRC-32 check/);
+  });
+
   test('shards through pytorch_model.bin.index.json', () => {
     expectSameTensors(readCheckpointFile(fixture('v2-micro-sharded', 'pytorch_model.bin.index.json')), readGolden('models', 'v2-micro', 'model.safetensors'));
   });
@@ -146,6 +169,13 @@ describe('the CLI builds folders that hold only PyTorch weights', () => {
   test('pytorch_model.bin', async () => {
     await buildAndCheck(modelFolder('micro-bin', 'micro', { 'pytorch_model.bin': fixture('micro', 'pytorch_model.bin') }), 'micro');
   }, 120_000);
+
+  test('cxc weights packs pytorch_model.bin into the same weights.bin that cxc build bundles', async () => {
+    const packed = join(work, 'micro-weights.bin');
+    const result = await cxc('weights', fixture('micro', 'pytorch_model.bin'), '--config', goldenPath('models', 'micro', 'config.json'), '--target', 'wasm', '-o', packed);
+    expect(result.code, result.stderr).toBe(0);
+    expect(readFileSync(packed).equals(readFileSync(join(work, 'micro-out', 'weights.bin')))).toBe(true);
+  }, 60_000);
 
   test('pytorch_model.bin.index.json + shards', async () => {
     const shards = ['pytorch_model.bin.index.json', 'pytorch_model-00001-of-00002.bin', 'pytorch_model-00002-of-00002.bin'];
