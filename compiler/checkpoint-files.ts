@@ -8,7 +8,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CxcError, show } from './errors.js';
-import { parseSafetensorsHeader, type TensorEntry } from './safetensors.js';
+import { MAX_HEADER_BYTES, parseSafetensorsHeader, type TensorEntry } from './safetensors.js';
 import { decodeOwned, readPytorchCheckpoint } from './pytorch.js';
 import { withFile } from './random-access.js';
 
@@ -37,8 +37,9 @@ export function readSafetensorsFile(path: string): Map<string, TensorEntry> {
   return withFile(path, 'weights', (file) => {
     const lengthBytes = file.read(0, Math.min(8, file.size), 'the header length');
     const headerLength = lengthBytes.byteLength === 8 ? new DataView(lengthBytes.buffer).getBigUint64(0, true) : 0n;
-    // A length past the file is reported by the header parser; read only what exists.
-    const headerBytes = file.read(0, Math.min(file.size, 8 + Number(headerLength > BigInt(file.size) ? BigInt(file.size) : headerLength)), 'the header');
+    // Read no more than exists and than the parser accepts: it reports a length past either.
+    const readable = BigInt(Math.min(file.size - lengthBytes.byteLength, MAX_HEADER_BYTES + 1));
+    const headerBytes = file.read(0, lengthBytes.byteLength + Number(headerLength < readable ? headerLength : readable), 'the header');
     const { entries, dataStart } = parseSafetensorsHeader(headerBytes, path, file.size);
     const tensors = new Map<string, TensorEntry>();
     for (const [name, entry] of entries) {
@@ -94,6 +95,7 @@ function readWeightMap(indexPath: string): Map<string, string> {
     if (typeof shard !== 'string' || shard !== basename(shard) || shard === '.' || shard === '..' || shard === '' || shard.includes('\\')) {
       throw new CxcError(`the shard index maps ${JSON.stringify(name)} to ${show(shard)}, not a file name in its folder`, { file: indexPath });
     }
+    if (shard.endsWith('.index.json')) throw new CxcError(`the shard index maps ${JSON.stringify(name)} to another index, ${shard}`, { file: indexPath });
     map.set(name, shard);
   }
   if (map.size === 0) throw new CxcError('the shard index lists no tensors', { file: indexPath });

@@ -27,7 +27,7 @@ export interface SafetensorsHeaderEntry {
 }
 
 /** Headers past this are refused before parsing: real ones are a few hundred KB. */
-const MAX_HEADER_BYTES = 100_000_000;
+export const MAX_HEADER_BYTES = 100_000_000;
 
 /**
  * Parses and checks the header. `bytes` holds at least the 8-byte length and the header (the whole

@@ -116,6 +116,21 @@ describe('safetensors read tensor by tensor', () => {
     expectSameTensors(readSafetensorsFile(goldenPath('models', name, 'model.safetensors')), readGolden('models', name, 'model.safetensors'));
   });
 
+  test('broken files give the same clear errors as the whole-file reader', () => {
+    const whole = readFileSync(goldenPath('models', 'micro', 'model.safetensors'));
+    const path = join(work, 'broken.safetensors');
+    const refusal = (bytes: Uint8Array) => {
+      writeFileSync(path, bytes);
+      return () => readSafetensorsFile(path);
+    };
+    expect(refusal(whole.subarray(0, whole.length - 100))).toThrow(/ends at byte .* holds only .* \(truncated\?\)/);
+    expect(refusal(whole.subarray(0, 100))).toThrow(/header length .* runs past the end of the 100-byte file/);
+    expect(refusal(whole.subarray(0, 4))).toThrow(/only 4 bytes, too short/);
+    const huge = Uint8Array.from(whole);
+    new DataView(huge.buffer).setBigUint64(0, 2n ** 40n, true);
+    expect(refusal(huge)).toThrow(/over the 100000000-byte limit/);
+  });
+
   test('sharded safetensors through model.safetensors.index.json', () => {
     const tensors = readGolden('models', 'micro', 'model.safetensors');
     const names = [...tensors.keys()];
@@ -143,6 +158,7 @@ describe('safetensors read tensor by tensor', () => {
     const moved = { ...weightMap, [names[0]]: 'model-00002-of-00002.safetensors' };
     expect(broken(moved)).toThrow(/holds tensor .* which the index puts in model-00002/);
     expect(broken({})).toThrow(/lists no tensors/);
+    expect(broken({ ...weightMap, [names[0]]: 'model.safetensors.index.json' })).toThrow(/to another index/);
   });
 });
 
