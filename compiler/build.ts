@@ -5,13 +5,13 @@
  *   -> rendered kernels (wasm.ts / webgpu.ts) -> emitted module (emit.ts).
  * compileModel() is pure (files in memory); buildModule() writes them.
  */
-import { existsSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync, mkdirSync, readdirSync, writeFileSync, writeSync, rmSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { countParameters, parseModelConfig, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
-import { readSafetensors } from './safetensors.js';
-import { readShardedSafetensors } from './shards.js';
-import { bindCheckpoint } from './checkpoint.js';
+import type { TensorEntry } from './safetensors.js';
+import { findWeightsFile, readCheckpointFile } from './checkpoint-files.js';
+import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
 import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
 import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
@@ -36,7 +36,7 @@ export interface LoadedModel {
   spec: ModelSpec;
   preprocess: PreprocessSpec;
   /** Checkpoint tensors, absent for a bare config. */
-  tensors?: ReturnType<typeof readSafetensors>;
+  tensors?: Map<string, TensorEntry>;
   weightsPath?: string;
   /** A short name for the variant, from the folder or file name. */
   baseName: string;
@@ -56,14 +56,6 @@ function readJson(path: string, what: string): unknown {
   }
 }
 
-function readBytes(path: string, what: string): Uint8Array {
-  try {
-    return new Uint8Array(readFileSync(path));
-  } catch (error) {
-    throw new CxcError(`cannot read the ${what} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { file: path });
-  }
-}
-
 /** Reads and validates everything the source names; nothing is compiled yet. */
 export function loadModelSource(source: ModelSource): LoadedModel {
   const input = resolve(source.input);
@@ -73,20 +65,14 @@ export function loadModelSource(source: ModelSource): LoadedModel {
   if (isDir && !existsSync(configPath)) {
     throw new CxcError('no config.json in this folder', { file: source.input, hint: 'point cxc at a Hugging Face model folder or at a config.json' });
   }
-  const weightsPath = source.weights ?? (isDir && existsSync(join(input, 'model.safetensors')) ? join(input, 'model.safetensors') : undefined);
-  const shardIndex = isDir && !weightsPath && existsSync(join(input, 'model.safetensors.index.json')) ? join(input, 'model.safetensors.index.json') : undefined;
-  if (isDir && !weightsPath && !shardIndex && existsSync(join(input, 'pytorch_model.bin'))) {
-    throw new CxcError('this folder has pytorch_model.bin but no model.safetensors', {
-      file: source.input,
-      hint: 'convert it once in Python: model.save_pretrained(dir, safe_serialization=True)',
-    });
-  }
-  const tensors = shardIndex ? readShardedSafetensors(shardIndex) : weightsPath ? readSafetensors(readBytes(weightsPath, 'weights'), weightsPath) : undefined;
+  // model.safetensors, else its shard index, else pytorch_model.bin, else its shard index.
+  const weightsPath = source.weights ?? (isDir ? findWeightsFile(input) : undefined);
+  const tensors = weightsPath ? readCheckpointFile(weightsPath) : undefined;
   const spec = parseModelConfig(readJson(configPath, 'model config'), configPath, { tensorNames: tensors?.keys() });
   const processorPath = source.processor ?? (isDir && existsSync(join(input, 'preprocessor_config.json')) ? join(input, 'preprocessor_config.json') : undefined);
   const preprocess = processorPath ? parseProcessorConfig(readJson(processorPath, 'preprocessor config'), processorPath) : defaultProcessorSpec();
   const baseName = isDir ? basename(input) : basename(dirname(input));
-  return { spec, preprocess, tensors, weightsPath: weightsPath ?? shardIndex, baseName };
+  return { spec, preprocess, tensors, weightsPath, baseName };
 }
 
 export interface CompileOptions extends ModelSource {
@@ -128,7 +114,9 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
 
   progress(1);
   const checkpoint = loaded.tensors ? bindCheckpoint(spec, loaded.tensors, loaded.weightsPath!) : undefined;
-  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint) : undefined;
+  // From here the bound checkpoint holds every tensor packing needs, and lets each go once packed.
+  loaded.tensors?.clear();
+  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint, releaseWhenPacked(checkpoint)) : undefined;
   const layout = packed?.layout ?? layoutWeights(spec, target.packing);
   const plan = planModel(spec, layout);
   progress(2);
@@ -204,9 +192,25 @@ export function writePackage(outDir: string, files: Map<string, string | Uint8Ar
     const target = resolve(root, path);
     if (!target.startsWith(root + '/')) throw new Error(`internal: refusing to write ${path} outside ${outDir}`);
     mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, contents);
+    writeFileInChunks(target, contents);
   }
 }
+
+/** Node refuses single writes past 2 GiB: large weights files are written a chunk at a time. */
+export function writeFileInChunks(path: string, contents: string | Uint8Array): void {
+  if (typeof contents === 'string' || contents.byteLength <= WRITE_CHUNK_BYTES) {
+    writeFileSync(path, contents);
+    return;
+  }
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < contents.byteLength; ) at += writeSync(fd, contents, at, Math.min(WRITE_CHUNK_BYTES, contents.byteLength - at));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const WRITE_CHUNK_BYTES = 64 * 2 ** 20;
 
 // ---------------------------------------------------------------------------------------
 // The output package: package.json and a README written for this variant

@@ -5,6 +5,7 @@
  */
 import { DWCONV_KERNEL, MLP_RATIO, featureChannels, type ModelSpec } from './config.js';
 import { CxcError } from './errors.js';
+import { collectGarbage } from './memory.js';
 import type { TensorEntry } from './safetensors.js';
 
 export interface NormWeights { weight: Float32Array; bias: Float32Array }
@@ -173,4 +174,53 @@ export function bindCheckpoint(spec: ModelSpec, tensors: Map<string, TensorEntry
     }
   }
   return weights;
+}
+
+/**
+ * For packWeights' onGroup: once packing moves past a stage's downsample or a block, that part of
+ * the checkpoint is released (replaced by a guard that throws if it is read again), so the packed
+ * copy replaces the checkpoint as it grows and peak memory stays near the checkpoint's size.
+ */
+export function releaseWhenPacked(weights: CheckpointWeights): (key: string) => void {
+  let previous: string | undefined;
+  let releasedBytes = 0;
+  return (key) => {
+    const match = previous === undefined ? null : /^stages\.(\d+)\.(?:downsample|blocks\.(\d+))$/.exec(previous);
+    previous = key;
+    if (!match) return;
+    const stage = weights.stages[Number(match[1])];
+    if (match[2] === undefined) {
+      releasedBytes += arrayBytes(stage.downsample);
+      stage.downsample = released<NonNullable<StageWeights['downsample']>>(`stages.${match[1]}.downsample`);
+    } else {
+      const j = Number(match[2]);
+      releasedBytes += arrayBytes(stage.blocks[j]);
+      stage.blocks[j] = released<BlockWeights>(`stages.${match[1]}.blocks.${j}`);
+    }
+    if (releasedBytes >= RELEASE_COLLECT_BYTES) {
+      collectGarbage();
+      releasedBytes = 0;
+    }
+  };
+}
+
+/** Released tensors are collected every this many bytes (a full GC of cxc's small heap takes milliseconds). */
+const RELEASE_COLLECT_BYTES = 256 * 2 ** 20;
+
+/** Bytes of the typed arrays an object holds, one level of nesting deep (norm weights, GRN). */
+function arrayBytes(value: object | undefined): number {
+  let bytes = 0;
+  for (const field of Object.values(value ?? {})) {
+    if (ArrayBuffer.isView(field)) bytes += field.byteLength;
+    else if (field && typeof field === 'object') for (const inner of Object.values(field)) if (ArrayBuffer.isView(inner)) bytes += inner.byteLength;
+  }
+  return bytes;
+}
+
+function released<T extends object>(what: string): T {
+  return new Proxy({} as T, {
+    get: () => {
+      throw new Error(`internal: checkpoint weights of ${what} read after they were packed and released`);
+    },
+  });
 }

@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { Command, Option } from 'commander';
 import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
-import { bindCheckpoint } from './checkpoint.js';
+import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
 import { compareToGolden } from './compare.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
@@ -119,7 +119,7 @@ program
   .addOption(targetOption())
   .requiredOption('-o, --out <dir>', 'output folder (becomes an npm package); with --all-variants, the folder that receives one package folder per variant')
   .option('--all-variants <configs>', 'build every variant in a folder: NAME/config.json (model folders, with or without model.safetensors) and NAME.json (bare configs)')
-  .option('--weights <file>', 'model.safetensors given separately (default: the one in the model folder)')
+  .option('--weights <file>', 'weights given separately: model.safetensors, pytorch_model.bin or a shard index *.index.json (default: the model folder\'s)')
   .option('--processor <file>', 'preprocessor_config.json given separately (default: the one in the model folder, else 224 crop, bicubic, ImageNet mean/std)')
   .option('--package <name[@version]>', 'npm package name and version (default: <folder>-<target>@1.0.0); with --all-variants a template where {name} is <folder>-<target>, e.g. @acme/{name}@2.0.0')
   .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
@@ -219,20 +219,21 @@ async function buildVariantsCommand(configsDir: string, options: BuildCommandOpt
 
 program
   .command('weights')
-  .description('pack a model.safetensors into the weights file a module built from the bare config loads')
-  .argument('<safetensors>', 'model.safetensors')
+  .description('pack a checkpoint into the weights file a module built from the bare config loads')
+  .argument('<safetensors>', 'model.safetensors, pytorch_model.bin or a shard index (*.index.json)')
   .requiredOption('--config <file>', 'the config.json the module was built from')
   .addOption(targetOption())
   .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
   .requiredOption('-o, --out <file>', 'weights file to write')
   .action(async (weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
-    const { loadModelSource, weightsFileBytes } = await compiler();
+    const { loadModelSource, weightsFileBytes, writeFileInChunks } = await compiler();
     const { TARGETS } = await targets();
     const loaded = loadModelSource({ input: options.config, weights: weightsPath });
     const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
-    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint);
+    loaded.tensors!.clear();
+    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint, releaseWhenPacked(checkpoint));
     const bytes = weightsFileBytes(packed.data, options.weightsDtype, weightsPath);
-    writeFileSync(options.out, bytes);
+    writeFileInChunks(options.out, bytes);
     console.log(`wrote ${options.out}: ${(bytes.byteLength / 2 ** 20).toFixed(1)} MiB (${options.weightsDtype}), checksum ${checksum32(bytes).toString(16)}`);
   });
 

@@ -13,7 +13,7 @@ import {
 } from './hub-cache.js';
 import { downloadBlob, headFile, HubUnreachableError, type FileRef, type HubSettings } from './hub-http.js';
 import { mebibytes, progressBar, type ProgressStream } from './progress.js';
-import { readWeightIndex } from './shards.js';
+import { readWeightIndex } from './checkpoint-files.js';
 
 export type { HubSettings } from './hub-http.js';
 

@@ -67,10 +67,11 @@ class LayoutWriter {
   floats = 0;
   private current?: WeightGroup;
 
-  constructor(readonly packing: Packing, readonly data?: Float32Array) {}
+  constructor(readonly packing: Packing, readonly data?: Float32Array, private readonly onGroup?: (key: string) => void) {}
 
   /** Starts a group; its fields are the ones written until the next group starts. */
   group<G extends WeightGroup<string, string>>(key: string): G {
+    this.onGroup?.(key);
     this.floats = alignUp(this.floats, FIELD_ALIGN);
     this.current = { key, offset: this.floats, floats: 0, dtype: 'f32', fields: {} };
     this.groups.push(this.current);
@@ -115,18 +116,19 @@ export function paddedChannels(channels: number, packing: Packing): number {
  * Lays out (and, given a checkpoint, packs) every weight the kernels read.
  * The same function produces both, so offsets and data cannot disagree.
  */
-export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights): WeightLayout & { data?: Float32Array } {
+/** `onGroup` is told each group's key as packing reaches it (the groups before it are then packed). */
+export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights, onGroup?: (key: string) => void): WeightLayout & { data?: Float32Array } {
   const sizing = new LayoutWriter(packing);
   const sized = writeAll(spec, sizing);
   if (!checkpoint) return { packing, ...sized, groups: sizing.groups, floats: alignUp(sizing.floats, FIELD_ALIGN) };
   const data = new Float32Array(alignUp(sizing.floats, FIELD_ALIGN));
-  const writer = new LayoutWriter(packing, data);
+  const writer = new LayoutWriter(packing, data, onGroup);
   const written = writeAll(spec, writer, checkpoint);
   return { packing, ...written, groups: writer.groups, floats: data.length, data };
 }
 
-export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights): PackedWeights {
-  const { data, ...layout } = layoutWeights(spec, packing, checkpoint);
+export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights, onGroup?: (key: string) => void): PackedWeights {
+  const { data, ...layout } = layoutWeights(spec, packing, checkpoint, onGroup);
   // The checksum belongs to the weights file (float32 or float16 bytes), so build.ts computes it.
   return { layout, data: data! };
 }

@@ -8,7 +8,7 @@ import { CxcError, show } from './errors.js';
 
 export type StoredDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'U8' | 'I8' | 'I32' | 'I64' | 'I16' | 'U16' | 'BOOL';
 
-const DTYPE_BYTES: Record<StoredDtype, number> = {
+export const DTYPE_BYTES: Record<StoredDtype, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1,
 };
 
@@ -27,18 +27,23 @@ export interface SafetensorsHeaderEntry {
 }
 
 /** Headers past this are refused before parsing: real ones are a few hundred KB. */
-const MAX_HEADER_BYTES = 100_000_000;
+export const MAX_HEADER_BYTES = 100_000_000;
 
-export function parseSafetensorsHeader(bytes: Uint8Array, source: string): { entries: Map<string, SafetensorsHeaderEntry>; dataStart: number; metadata: Record<string, string> } {
+/**
+ * Parses and checks the header. `bytes` holds at least the 8-byte length and the header (the whole
+ * file, or just its start when the tensors are read later at their offsets); `fileLength` is the
+ * whole file's size.
+ */
+export function parseSafetensorsHeader(bytes: Uint8Array, source: string, fileLength = bytes.byteLength): { entries: Map<string, SafetensorsHeaderEntry>; dataStart: number; metadata: Record<string, string> } {
   const fail = (problem: string): never => {
     throw new CxcError(`not a valid safetensors file: ${problem}`, { file: source });
   };
-  if (bytes.byteLength < 8) fail(`only ${bytes.byteLength} bytes, too short for the 8-byte header length`);
+  if (bytes.byteLength < 8) fail(`only ${fileLength} bytes, too short for the 8-byte header length`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = view.getBigUint64(0, true);
   if (headerLength > BigInt(MAX_HEADER_BYTES)) fail(`header length ${headerLength} is over the ${MAX_HEADER_BYTES}-byte limit`);
-  if (Number(headerLength) + 8 > bytes.byteLength) {
-    fail(`header length ${headerLength} runs past the end of the ${bytes.byteLength}-byte file (truncated?)`);
+  if (Number(headerLength) + 8 > Math.min(bytes.byteLength, fileLength)) {
+    fail(`header length ${headerLength} runs past the end of the ${fileLength}-byte file (truncated?)`);
   }
   const dataStart = 8 + Number(headerLength);
   let header: unknown;
@@ -56,7 +61,7 @@ export function parseSafetensorsHeader(bytes: Uint8Array, source: string): { ent
 
   const entries = new Map<string, SafetensorsHeaderEntry>();
   let metadata: Record<string, string> = {};
-  const dataLength = bytes.byteLength - dataStart;
+  const dataLength = fileLength - dataStart;
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (typeof raw === 'object' && raw !== null && !Array.isArray(raw)) metadata = raw as Record<string, string>;
@@ -128,12 +133,13 @@ export function readSafetensors(bytes: Uint8Array, source: string): Map<string, 
   const tensors = new Map<string, TensorEntry>();
   for (const [name, entry] of entries) {
     const raw = bytes.subarray(dataStart + entry.begin, dataStart + entry.end);
-    tensors.set(name, { dtype: entry.dtype, shape: entry.shape, data: decode(entry.dtype, raw) });
+    tensors.set(name, { dtype: entry.dtype, shape: entry.shape, data: decodeTensor(entry.dtype, raw) });
   }
   return tensors;
 }
 
-function decode(dtype: StoredDtype, raw: Uint8Array): Float32Array | Uint8Array {
+/** A tensor's stored bytes as float32 (float dtypes and integers) or bytes (U8, BOOL); shared by every checkpoint format. */
+export function decodeTensor(dtype: StoredDtype, raw: Uint8Array): Float32Array | Uint8Array {
   if (dtype === 'U8' || dtype === 'BOOL') return raw.slice();
   const count = raw.byteLength / DTYPE_BYTES[dtype];
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);

@@ -11,6 +11,7 @@ import { basename, join } from 'node:path';
 import { compileModel, packageNameFor, validatePackageName, writePackage, type BuildProgress, type CompiledModule } from './build.js';
 import { CxcError } from './errors.js';
 import type { TargetName } from './targets.js';
+import { findWeightsFile } from './checkpoint-files.js';
 
 export interface VariantSource {
   /** The variant's name: its folder name, or its file name without .json. */
@@ -19,7 +20,7 @@ export interface VariantSource {
   input: string;
   /** A preprocessor config beside a bare NAME.json. */
   processor?: string;
-  /** Whether the variant comes with its weights (model.safetensors in its folder). */
+  /** Whether the variant comes with its weights (model.safetensors, pytorch_model.bin or a shard index in its folder). */
   hasWeights: boolean;
 }
 
@@ -41,7 +42,7 @@ export function findVariants(dir: string): VariantSource[] {
     if (entry.startsWith('.')) continue;
     if (statSync(path).isDirectory()) {
       if (!existsSync(join(path, 'config.json'))) continue;
-      variants.push({ name: entry, input: path, hasWeights: existsSync(join(path, 'model.safetensors')) });
+      variants.push({ name: entry, input: path, hasWeights: findWeightsFile(path) !== undefined });
     } else if (entry.endsWith('.json') && !entry.endsWith(PROCESSOR_SUFFIX) && entry !== 'preprocessor_config.json') {
       const name = entry.slice(0, -'.json'.length);
       const processor = join(dir, `${name}${PROCESSOR_SUFFIX}`);

@@ -111,22 +111,25 @@ class ProgramBuilder {
 
   // ---- helpers ------------------------------------------------------------------------------------
 
-  /** Field offsets of a weight group in vec4s from the group's start. */
-  private fields(group: WeightGroup): Record<string, number> {
-    const fields: Record<string, number> = {};
-    for (const [name, field] of Object.entries(group.fields)) {
-      const floats = field.offset - group.offset;
-      if (floats % 4 !== 0) throw new Error(`internal: weight field ${group.key}.${name} is not vec4-aligned`);
-      fields[name] = floats / 4;
-    }
-    return fields;
-  }
-
-  /** The bound window of a weight group and the group's start inside it (in vec4s). */
-  private weights(group: WeightGroup): { resource: WebGpuResource; weightBase: number } {
-    const start = Math.floor(group.offset / WEIGHT_WINDOW_ALIGN) * WEIGHT_WINDOW_ALIGN;
-    const end = Math.max(...Object.values(group.fields).map((f) => f.offset + f.length));
-    return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (group.offset - start) / 4 };
+  /**
+   * The bound window for some fields of a weight group (default: all of them): it starts at the
+   * 256-byte boundary at or below the first of them, `weightBase` is that field's vec4 offset in
+   * the window and `fields` each field's vec4 offset from it. Binding only what a kernel reads
+   * keeps every window under maxStorageBufferBindingSize (128 MiB on lavapipe) even for
+   * ConvNeXt V2-huge, whose pwconv1 and pwconv2 are 121 MiB each.
+   */
+  private weights(group: WeightGroup, names = Object.keys(group.fields)): { resource: WebGpuResource; weightBase: number; fields: Record<string, number> } {
+    const chosen = names.map((name) => {
+      const field = group.fields[name];
+      if (!field) throw new Error(`internal: weight group ${group.key} has no field ${name}`);
+      if (field.offset % 4 !== 0) throw new Error(`internal: weight field ${group.key}.${name} is not vec4-aligned`);
+      return [name, field] as const;
+    });
+    const base = Math.min(...chosen.map(([, f]) => f.offset));
+    const start = Math.floor(base / WEIGHT_WINDOW_ALIGN) * WEIGHT_WINDOW_ALIGN;
+    const end = Math.max(...chosen.map(([, f]) => f.offset + f.length));
+    const fields = Object.fromEntries(chosen.map(([name, f]) => [name, (f.offset - base) / 4]));
+    return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (base - start) / 4, fields };
   }
 
   private shader(label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number): number {
@@ -170,7 +173,7 @@ class ProgramBuilder {
     const weights = this.weights(group);
     const shader = this.shader(`stem (${step.out.real} channels)`, 'stem', {
       channels4: step.out.padded / 4, realChannels: step.out.real, inChannels: step.inChannels, patch: step.patch,
-      eps: step.eps, fields: this.fields(group),
+      eps: step.eps, fields: weights.fields,
     }, SIMPLE_WORKGROUP, 0, 3);
     this.usePerPixel(step.dst, 0, step.out.padded);
     this.kernel({
@@ -194,7 +197,7 @@ class ProgramBuilder {
     const tapCount = MATMUL_TILE_PIXELS * 4;
     const shader = this.shader(`downsample to stage ${step.level} (${step.in.real} -> ${step.out.real} channels)`, 'downsample', {
       in4: step.in.padded / 4, inReal: step.in.real, out4, eps: step.eps, tilePixels: MATMUL_TILE_PIXELS, columns4, tapCount,
-      fields: this.fields(group),
+      fields: weights.fields,
     }, workgroupSize, tapCount * 8, 3);
     this.usePerPixel(step.dst, step.level, step.out.padded);
     this.kernel({
@@ -211,27 +214,29 @@ class ProgramBuilder {
 
   private block(step: Extract<PlanStep, { op: 'block' }>, index: number): void {
     const group = step.weights;
-    const weights = this.weights(group);
-    const fields = this.fields(group);
+    // Each kernel binds only the fields it reads (see weights()).
+    const dwWeights = this.weights(group, ['dwWeight', 'dwBias']);
+    const pw1Weights = this.weights(group, ['pw1Weight', 'pw1Bias']);
+    const pw2Weights = this.weights(group, ['pw2Weight', 'pw2Bias']);
     const channels4 = step.channels.padded / 4;
     const hidden4 = step.hidden.padded / 4;
     const name = `stages.${step.stage}.blocks.${step.index}`;
     const src = step.src as WebGpuBufferName;
     const dst = step.dst;
-    const common = { step: index, level: step.level, inLevel: null, weightBase: weights.weightBase };
+    const common = { step: index, level: step.level, inLevel: null };
 
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
-      channels4, realChannels: step.channels.real, eps: step.eps, fields,
+      channels4, realChannels: step.channels.real, eps: step.eps, fields: dwWeights.fields,
       window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
     }, SIMPLE_WORKGROUP, 0, 3);
     this.usePerPixel('normed', step.level, step.channels.padded);
     this.usePerPixel(dst, step.level, step.channels.padded);
     this.kernel({
-      ...common, label: `${name}: depthwise conv + LayerNorm`, shader: dwconv,
+      ...common, label: `${name}: depthwise conv + LayerNorm`, shader: dwconv, weightBase: dwWeights.weightBase,
       grid: { unit: 'rowQuads', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: weights.resource },
+        { binding: 1, resource: dwWeights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: src } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'normed' } },
       ],
@@ -241,17 +246,19 @@ class ProgramBuilder {
     if (!step.grn) {
       const mlp = this.mlpShape(channels4, hidden4);
       const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
-        channels4, hidden4, fields, activationCode, ...mlp,
-      }, mlp.workgroupSize, mlp.tileVec4s * 16, 4);
+        channels4, hidden4, fields: { ...pw1Weights.fields, ...pw2Weights.fields }, activationCode, ...mlp,
+      }, mlp.workgroupSize, mlp.tileVec4s * 16, 5);
+      // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
       this.kernel({
-        ...common, label: `${name}: MLP`, shader,
+        ...common, label: `${name}: MLP`, shader, weightBase: pw1Weights.weightBase, weightBase2: pw2Weights.weightBase,
         grid: { unit: 'pixels', perWorkgroup: mlp.tilePixels, columnTiles: 1 },
         bindings: [
           { binding: 0, resource: { kind: 'params' } },
-          { binding: 1, resource: weights.resource },
+          { binding: 1, resource: pw1Weights.resource },
           { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
           { binding: 3, resource: { kind: 'buffer', buffer: src } },
           { binding: 4, resource: { kind: 'buffer', buffer: dst } },
+          { binding: 5, resource: pw2Weights.resource },
         ],
       });
       return;
@@ -262,41 +269,42 @@ class ProgramBuilder {
     this.usePerImage('grnScale', step.hidden.padded);
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
     const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields, activationCode,
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields: pw1Weights.fields, activationCode,
     }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3);
     this.kernel({
-      ...common, label: `${name}: pwconv1 + activation`, shader: expand,
+      ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1Weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: hidden4 / expandColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: weights.resource },
+        { binding: 1, resource: pw1Weights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
       ],
     });
+    const grnWeights = this.weights(group, ['grnGamma']);
     const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
-      hidden4, hiddenReal: step.hidden.real, fields,
+      hidden4, hiddenReal: step.hidden.real, fields: grnWeights.fields,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
     this.kernel({
-      ...common, label: `${name}: GRN statistics`, shader: reduce,
+      ...common, label: `${name}: GRN statistics`, shader: reduce, weightBase: grnWeights.weightBase,
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: weights.resource },
+        { binding: 1, resource: grnWeights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
       ],
     });
     const projectColumns4 = largestDivisorAtMost(channels4, MATMUL_MAX_COLUMNS4);
     const project = this.shader(`stage ${step.stage} block: GRN + pwconv2 + residual (${step.hidden.real} -> ${step.channels.real})`, 'grn-project', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields,
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields: pw2Weights.fields,
     }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5);
     this.kernel({
-      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project,
+      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2Weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: channels4 / projectColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: weights.resource },
+        { binding: 1, resource: pw2Weights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
         { binding: 4, resource: { kind: 'buffer', buffer: src } },
@@ -367,7 +375,7 @@ class ProgramBuilder {
     const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`feature map LayerNorm (${step.channels.real} channels)`, 'feature-map', {
-      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
+      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: weights.fields,
     }, SIMPLE_WORKGROUP, 0, 3);
     this.outputs.push({ name: step.name, level: step.level, channels: step.channels.real, onlyWithHiddenStates: false });
     this.kernel({
@@ -386,7 +394,7 @@ class ProgramBuilder {
     const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`pooler (${step.channels.real} channels)`, 'pool', {
-      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: this.fields(group),
+      channels4: step.channels.padded / 4, realChannels: step.channels.real, eps: step.eps, fields: weights.fields,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 4);
     this.usePerImage('pooled', step.channels.padded);
     this.outputs.push({ name: 'pooler_output', level: null, channels: step.channels.real, onlyWithHiddenStates: false });
@@ -408,7 +416,7 @@ class ProgramBuilder {
     const weights = this.weights(group);
     const labels4 = step.labels.padded / 4;
     const shader = this.shader(`classifier (${step.in.real} -> ${step.labels.real})`, 'classifier', {
-      channels4: step.in.padded / 4, labels4, labelsReal: step.labels.real, fields: this.fields(group),
+      channels4: step.in.padded / 4, labels4, labelsReal: step.labels.real, fields: weights.fields,
     }, SIMPLE_WORKGROUP, 0, 3);
     this.outputs.push({ name: 'logits', level: null, channels: step.labels.real, onlyWithHiddenStates: false });
     this.kernel({

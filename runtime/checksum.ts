@@ -44,5 +44,6 @@ export function finishChecksum(lanes: ArrayLike<number>, tail: Uint8Array, byteL
 
 export function checksum32(data: Float32Array | Uint8Array | ArrayBuffer): number {
   const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  return finishChecksum(checksumLanes(bytes), bytes.subarray(bytes.byteLength & ~15), bytes.byteLength);
+  // `% 16`, not `& ~15`: bitwise operators wrap lengths past 2 GiB to negative numbers.
+  return finishChecksum(checksumLanes(bytes), bytes.subarray(bytes.byteLength - (bytes.byteLength % 16)), bytes.byteLength);
 }

@@ -205,7 +205,7 @@ export async function createWasmBackend(
     const arena = planArena(info.buffers, manifest, arenaBase, batch, { height, width }, threads);
     const needed = Math.ceil(arena.end / PAGE);
     if (needed > MAX_PAGES) {
-      throw new Error(`cxc: batch ${batch} at ${height}x${width} needs ${(arena.end / 2 ** 30).toFixed(1)} GiB, over WebAssembly's 4 GiB; use a smaller batch`);
+      throw new Error(`cxc: batch ${batch} at ${height}x${width} needs ${(arena.end / 2 ** 30).toFixed(1)} GiB, over WebAssembly's 4 GiB; use a smaller batch or input size`);
     }
     const have = memory.buffer.byteLength / PAGE;
     if (needed > have) memory.grow(needed - have);
@@ -261,6 +261,9 @@ async function loadWeightsInto(
   const warmUpArena = planArena(info.buffers, manifest, align(Math.max(arenaBase, fileAt + fileBytes)), 1, warmUpSize, 1);
   const largestGroupBytes = Math.max(0, ...manifest.steps.map((step) => ('weights' in step ? step.weights.floats * 4 : 0)));
   const initialPages = Math.max(Math.ceil((fileAt + Math.max(fileBytes, largestGroupBytes)) / PAGE) + 1, Math.ceil(warmUpArena.end / PAGE));
+  if (initialPages > MAX_PAGES) {
+    throw new Error(`cxc: this model's weights (${(fileBytes / 2 ** 30).toFixed(2)} GiB) and its smallest run need ${(initialPages * PAGE / 2 ** 30).toFixed(2)} GiB, over WebAssembly's 4 GiB memory; use --target webgpu`);
+  }
   const memory = new WebAssembly.Memory({ initial: initialPages, maximum: MAX_PAGES, shared });
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const kernels = instance.exports as Record<string, Kernel>;
@@ -272,7 +275,8 @@ async function loadWeightsInto(
   new Int32Array(memory.buffer, 0, 4).set(laneSeeds());
   let checksummed = 0;
   const checksumUpTo = (upTo: number) => {
-    const end = Math.min(upTo, fileBytes) & ~15;
+    const whole = Math.min(upTo, fileBytes);
+    const end = whole - (whole % 16); // not `& ~15`, which wraps offsets past 2 GiB
     if (end > checksummed) kernels.checksum_lanes(fileAt + checksummed, (end - checksummed) >>> 4, 0);
     checksummed = Math.max(checksummed, end);
   };

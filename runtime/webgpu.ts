@@ -60,6 +60,8 @@ export interface WebGpuKernel {
   grid: WebGpuGrid;
   /** Params.weightBase: where the weight group starts in the bound window, in vec4s. */
   weightBase: number;
+  /** Params.weightBase2: the same for a second weight window (the V1 MLP binds pwconv2 apart), else absent. */
+  weightBase2?: number;
   bindings: Array<{ binding: number; resource: WebGpuResource }>;
   /** Skipped unless hidden states were asked for. */
   onlyWithHiddenStates: boolean;
@@ -283,8 +285,8 @@ async function acquireDevice(
 
 // ---- the backend ----------------------------------------------------------------------------------
 
-interface WeightChunk { start: number; end: number; buffer?: GPUBuffer }
-interface WeightBinding { chunk: number; byteOffset: number; bytes: number }
+export interface WeightChunk { start: number; end: number; buffer?: GPUBuffer }
+export interface WeightBinding { chunk: number; byteOffset: number; bytes: number }
 
 /** Per-level spatial sizes of one input shape. */
 interface Shape { batch: number; height: number; width: number; levels: Array<{ height: number; width: number }> }
@@ -522,7 +524,7 @@ class WebGpuBackendImpl implements Backend {
     const dispatches = program.kernels.map((kernel, i): [number, number, number] => {
       const level = shape.levels[kernel.level];
       const source = kernel.inLevel === null ? level : kernel.inLevel < 0 ? { height, width } : shape.levels[kernel.inLevel];
-      params.set([batch, level.height, level.width, source.height, source.width, kernel.weightBase, 0, 0], (i * PARAMS_STRIDE) / 4);
+      params.set([batch, level.height, level.width, source.height, source.width, kernel.weightBase, kernel.weightBase2 ?? 0, 0], (i * PARAMS_STRIDE) / 4);
       const units = kernel.grid.unit === 'images' ? batch
         : kernel.grid.unit === 'pixels' ? batch * level.height * level.width
           : batch * level.height * Math.ceil(level.width / 4);
@@ -573,16 +575,17 @@ function shapeOf(program: WebGpuProgram, batch: number, height: number, width: n
 const weightKey = (resource: { offset: number; floats: number }) => `${resource.offset}+${resource.floats}`;
 
 /**
- * Uploads the weights in as few buffers as maxBufferSize allows. Every kernel's window lies whole
- * inside one buffer, starting at a 256-byte aligned offset of it, so it can be bound alone.
+ * Splits the weights into as few buffers as `maxBufferBytes` allows. Every kernel's window lies
+ * whole inside one buffer, starting at a 256-byte aligned offset of it, so it can be bound alone
+ * (windows themselves are at most maxStorageBufferBindingSize: checkLimits sees to that).
  */
-function uploadWeights(device: GPUDevice, program: WebGpuProgram, weights: Float32Array): { chunks: WeightChunk[]; bindings: Map<string, WeightBinding> } {
+export function planWeightChunks(program: WebGpuProgram, maxBufferBytes: number): { chunks: WeightChunk[]; bindings: Map<string, WeightBinding> } {
   const windows = new Map<string, { offset: number; floats: number }>();
   for (const kernel of program.kernels) {
     for (const { resource } of kernel.bindings) if (resource.kind === 'weights') windows.set(weightKey(resource), resource);
   }
   const sorted = [...windows.values()].sort((a, b) => a.offset - b.offset);
-  const chunkFloats = Math.floor(device.limits.maxBufferSize / 4);
+  const chunkFloats = Math.floor(maxBufferBytes / 4);
   const chunks: WeightChunk[] = [];
   const bindings = new Map<string, WeightBinding>();
   for (const window of sorted) {
@@ -594,6 +597,12 @@ function uploadWeights(device: GPUDevice, program: WebGpuProgram, weights: Float
     chunk.end = Math.max(chunk.end, window.offset + window.floats);
     bindings.set(weightKey(window), { chunk: chunks.length - 1, byteOffset: (window.offset - chunk.start) * 4, bytes: window.floats * 4 });
   }
+  return { chunks, bindings };
+}
+
+/** Uploads the weights in the buffers planWeightChunks chose. */
+function uploadWeights(device: GPUDevice, program: WebGpuProgram, weights: Float32Array): { chunks: WeightChunk[]; bindings: Map<string, WeightBinding> } {
+  const { chunks, bindings } = planWeightChunks(program, device.limits.maxBufferSize);
   for (const [i, chunk] of chunks.entries()) {
     const bytes = alignUp((chunk.end - chunk.start) * 4, 16);
     chunk.buffer = device.createBuffer({ label: `cxc weights ${i}`, size: bytes, usage: BUFFER_STORAGE | BUFFER_COPY_DST, mappedAtCreation: true });
