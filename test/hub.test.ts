@@ -3,11 +3,10 @@
  * local server speaking the Hub's protocol (HF_ENDPOINT), with huggingface_hub's cache layout
  * in a temporary HF_HUB_CACHE. The served repos are the golden checkpoint folders, read in place.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 
 // For the in-process tests: a file system that refuses symlinks (as Windows without developer mode does).
@@ -22,12 +21,12 @@ vi.mock('node:fs', async (importOriginal) => {
 });
 import { hubSettings, parseHubId, resolveModelArgument } from '../compiler/hub.js';
 import { readWeightIndex } from '../compiler/checkpoint-files.js';
+import { runCli, type CliResult } from './helpers/cli.js';
 import { hubCacheDir } from '../compiler/hub-cache.js';
 import { readSafetensors, writeSafetensors } from '../compiler/safetensors.js';
 import { goldenPath } from './helpers/golden.js';
 import { commitId, gitBlobSha1, sha256, startHubServer, type HubServer } from './helpers/hub-server.js';
 
-const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'cxc-hub-'));
 let caseCount = 0;
 
@@ -88,10 +87,7 @@ function freshCache(): { home: string; cache: string } {
   return { home, cache: join(home, 'hub') };
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
+interface Run extends CliResult {
   /** The requests the server saw during this run. */
   requests: HubServer['requests'];
 }
@@ -101,22 +97,11 @@ function cxc(env: Record<string, string | undefined>, ...args: string[]): Promis
   return cxcIn(undefined, env, ...args);
 }
 
-function cxcIn(cwd: string | undefined, env: Record<string, string | undefined>, ...args: string[]): Promise<Run> {
+async function cxcIn(cwd: string | undefined, env: Record<string, string | undefined>, ...args: string[]): Promise<Run> {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^(HF_|HUGGING_FACE_|HUGGINGFACE_)/.test(key)));
   const first = hub.requests.length;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...clean, HF_ENDPOINT: hub.endpoint, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, requests: hub.requests.slice(first) });
-    });
-  });
+  const result = await runCli(args, { cwd, env: { ...clean, HF_ENDPOINT: hub.endpoint, ...env }, timeoutMs: 120_000 });
+  return { ...result, requests: hub.requests.slice(first) };
 }
 
 const hubEnv = (c: { home: string; cache: string }, extra: Record<string, string> = {}) => ({ HF_HOME: c.home, HF_HUB_CACHE: c.cache, ...extra });

@@ -3,7 +3,6 @@
  * checkpoint format read tensor by tensor (checkpoint-files.ts). Fixtures come from torch.save
  * itself: test/fixtures/pytorch/make.py (committed outputs, so CI needs no torch).
  */
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,31 +18,15 @@ import { loadModelSource } from '../compiler/build.js';
 import { withFile } from '../compiler/random-access.js';
 import { readZipDirectory, readZipEntry } from '../compiler/zip.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
+import { cxc } from './helpers/cli.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/pytorch/', import.meta.url));
 const fixture = (...parts: string[]) => join(FIXTURES, ...parts);
-const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 /** The file every hostile pickle tries to create (make.py's MARKER). */
 const MARKER = '/tmp/cxc-hostile-pickle-marker';
 
 const work = mkdtempSync(join(tmpdir(), 'cxc-pytorch-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-function cxc(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 function bytesOf(tensor: TensorEntry): Buffer {
   return Buffer.from(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength);
