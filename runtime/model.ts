@@ -138,11 +138,9 @@ export function createModel(manifest: ModelManifest, backend: Backend, weightsFr
 /** The manifest as users see it: no dispatch list, labels also as id2label / label2id objects. */
 export function modelConfig(manifest: ModelManifest): ModelConfig {
   const { steps: _steps, label2id: pairs, ...rest } = manifest;
-  // Null-prototype objects: a label such as "__proto__" or "constructor" is an ordinary key.
-  const id2label = Object.create(null) as Record<string, string>;
-  manifest.labels.forEach((label, index) => (id2label[String(index)] = label));
-  const label2id = Object.create(null) as Record<string, number>;
-  for (const [label, index] of pairs) label2id[label] = index;
+  // Object.fromEntries defines own properties: a label such as "__proto__" stays an ordinary key.
+  const id2label = Object.fromEntries(manifest.labels.map((label, index) => [String(index), label]));
+  const label2id = Object.fromEntries(pairs);
   return { ...rest, id2label, label2id };
 }
 
