@@ -62,18 +62,19 @@ export function isEncodedImage(source: unknown): 'url' | 'blob' | 'drawable' | u
 export async function decodeImage(source: ImageSource): Promise<ImageInput> {
   const pixels = pixelsOf(source);
   if (pixels) return pixels;
+  const kind = isEncodedImage(source);
+  if (!kind) {
+    throw new TypeError(
+      `cxc: cannot read an image from ${describeSource(source)}: pass ImageData, an <img>, a canvas, an OffscreenCanvas, an ImageBitmap, ` +
+        'a VideoFrame, a Blob or File, a URL, or pixels { data, width, height, channels: 3 | 4 }',
+    );
+  }
   if (isNode) throw new TypeError(`cxc: cannot decode ${describeSource(source)} here: ${NODE_NEEDS_PIXELS}`);
-  if (typeof source === 'string' || source instanceof URL) return decodeBlob(await fetchImage(source));
-  if (isA(source, 'Blob')) return decodeBlob(source as Blob);
+  if (kind === 'url') return decodeBlob(await fetchImage(source as string | URL));
+  if (kind === 'blob') return decodeBlob(source as Blob);
   if (isA(source, 'HTMLImageElement')) return bitmapPixels(await imageElementBitmap(source as HTMLImageElement), true);
   if (isA(source, 'ImageBitmap')) return bitmapPixels(source as ImageBitmap, false);
-  if (isA(source, 'HTMLCanvasElement') || isA(source, 'OffscreenCanvas') || isA(source, 'VideoFrame')) {
-    return bitmapPixels(await createImageBitmap(source as ImageBitmapSource, BITMAP_OPTIONS), true);
-  }
-  throw new TypeError(
-    `cxc: cannot read an image from ${describeSource(source)}: pass ImageData, an <img>, a canvas, an OffscreenCanvas, an ImageBitmap, ` +
-      'a VideoFrame, a Blob or File, a URL, or pixels { data, width, height, channels: 3 | 4 }',
-  );
+  return bitmapPixels(await createImageBitmap(source as ImageBitmapSource, BITMAP_OPTIONS), true);
 }
 
 /** A URL (relative to the page or worker) fetched as a Blob; failures name the URL. */

@@ -125,15 +125,13 @@ async function toWire(source: ImageSource): Promise<{ image: WireImage; transfer
     const image: ImageInput = { data, width: pixels.width, height: pixels.height, channels: pixels.channels };
     return { image, transfer: ArrayBuffer.isView(data) ? [data.buffer as ArrayBuffer] : [] };
   }
-  if (isNode) throw new TypeError(`cxc: cannot decode ${describeSource(source)} here: ${NODE_NEEDS_PIXELS}`);
   const kind = isEncodedImage(source);
+  if (!kind) throw new TypeError(`cxc: cannot read an image from ${describeSource(source)}: pass ImageData, an <img>, a canvas, an ImageBitmap, a VideoFrame, a Blob, a URL or pixels { data, width, height, channels }`);
+  if (isNode) throw new TypeError(`cxc: cannot decode ${describeSource(source)} here: ${NODE_NEEDS_PIXELS}`);
   if (kind === 'url') return { image: { url: new URL(String(source), globals.location?.href).href }, transfer: [] };
   if (kind === 'blob') return { image: source as Blob, transfer: [] };
-  if (kind === 'drawable') {
-    const bitmap = await toBitmap(source as EncodedImage);
-    return { image: bitmap, transfer: [bitmap] };
-  }
-  throw new TypeError(`cxc: cannot read an image from ${describeSource(source)}`);
+  const bitmap = await toBitmap(source as EncodedImage);
+  return { image: bitmap, transfer: [bitmap] };
 }
 
 export async function loadInWorker(manifest: ModelManifest, moduleUrl: string, workerUrl: URL, options: LoadOptions & Record<string, unknown>): Promise<ConvNextModel> {

@@ -115,6 +115,13 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>cxc runtime</title><sc
         pixels: { data: new Uint8Array(imageData.data), width: imageData.width, height: imageData.height, channels: 4 },
       };
     },
+    /** A control: a 120 ms task on this thread, which the observer must report. */
+    async busy(ms) {
+      const before = window.longTasks.length;
+      await new Promise((resolve) => setTimeout(() => { const end = performance.now() + ms; while (performance.now() < end); resolve(); }, 0));
+      await new Promise((r) => setTimeout(r, 200));
+      return window.longTasks.slice(before).map((t) => t.duration);
+    },
     /** ConvNeXt-T in a worker: the cat photo, then every source type in one batch; long tasks during each step. */
     async workerCat(name, url) {
       const during = (from, to) => window.longTasks.filter((t) => t.start + t.duration > from && t.start < to).map((t) => t.duration);
@@ -297,6 +304,9 @@ describe('the package in a browser page', () => {
 
   test('worker: true: ConvNeXt-T classifies the cat photo to the golden top 5 with no long task on the page', async () => {
     const { page, problems } = await openPage();
+    // The observer works here: a busy task on the page is reported.
+    const control = await call<number[]>(page, 'busy', 120);
+    expect(control.some((duration) => duration >= 110), `long tasks seen: ${JSON.stringify(control)}`).toBe(true);
     const result = await call<{
       top: number[]; backend: string; weightsFrom: string; loadMs: number; classifyMs: number; batchMs: number;
       loadLongTasks: number[]; classifyLongTasks: number[]; batchLongTasks: number[]; sources: Record<string, number[]>;
