@@ -135,6 +135,12 @@ async function toWire(source: ImageSource): Promise<{ image: WireImage; transfer
 }
 
 export async function loadInWorker(manifest: ModelManifest, moduleUrl: string, workerUrl: URL, options: LoadOptions & Record<string, unknown>): Promise<ConvNextModel> {
+  if (isNode && manifest.target === 'webgpu') {
+    throw new TypeError(
+      'cxc: load({ worker: true }) runs WebGPU packages in browsers only: a worker thread in Node has no GPU entry point to take. ' +
+        'In Node, load({ gpu }) without worker: the GPU computes while the thread waits on a promise',
+    );
+  }
   const wire = wireLoadOptions(options);
   const pending = new Map<number, { resolve(value: unknown): void; reject(error: Error): void }>();
   let nextId = 1;
