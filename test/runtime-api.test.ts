@@ -16,7 +16,7 @@ import { PNG } from 'pngjs';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseModelConfig } from '../compiler/config.js';
-import { computeLoss, inferProblemType } from '../runtime/model.js';
+import { computeLoss, inferProblemType, sameSizeGroups, stack } from '../runtime/model.js';
 import type { ModelManifest } from '../runtime/types.js';
 import type { ConvNextModel } from '../runtime/model.js';
 import { buildToTemp, type BuiltModule } from './helpers/build.js';
@@ -134,6 +134,15 @@ describe('the package in Node: batches, image inputs, worker threads', () => {
       batch[i].forEach((t, k) => expect(t.score).toBeCloseTo(expected[k].score, 5));
     }
     expect(await local.classify([], { topK: 3 })).toEqual([]);
+  });
+
+  test('a batch of mixed sizes (a processor without resizing) runs as one batch per size, results in input order', () => {
+    const input = (height: number, width: number, fill: number) => ({ pixelValues: new Float32Array(3 * height * width).fill(fill), height, width });
+    const inputs = [input(40, 32, 1), input(32, 32, 2), input(40, 32, 3), input(32, 32, 4), input(48, 48, 5)];
+    expect(sameSizeGroups(inputs)).toEqual([[0, 2], [1, 3], [4]]);
+    const batch = stack([inputs[0], inputs[2]]);
+    expect({ batch: batch.batch, height: batch.height, width: batch.width }).toEqual({ batch: 2, height: 40, width: 32 });
+    expect([batch.pixelValues[0], batch.pixelValues[3 * 40 * 32]]).toEqual([1, 3]);
   });
 
   test('Node cannot decode a Blob or a URL: the error says what to pass', async () => {
