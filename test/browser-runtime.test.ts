@@ -3,7 +3,7 @@
  * served cross-origin isolated from 127.0.0.1 by a server in this file that counts requests:
  * - Cache Storage: a second load makes no request for weights.bin; a tampered entry (one byte
  *   flipped, or cut short) is detected, deleted and downloaded again; cache: false skips it;
- *   clearCache() empties it; a worker reads the same cache.
+ *   clearCache() empties it; a worker reads the same cache; so does a WebGPU package (SwiftShader).
  * - load({ worker: true }): ConvNeXt-T classifies the cat photo to the golden top 5 with no
  *   main-thread long task (PerformanceObserver 'longtask') while it classifies; WASM threads
  *   start from the worker (micro, 2 threads).
@@ -33,7 +33,7 @@ const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 const PREPROCESS_DIR = goldenPath('preprocess');
 
 const work = mkdtempSync(join(tmpdir(), 'cxc-browser-runtime-'));
-const dirs = { 'micro-wasm': join(work, 'micro-wasm'), 'tiny-wasm': join(work, 'tiny-wasm') } as const;
+const dirs = { 'micro-wasm': join(work, 'micro-wasm'), 'micro-webgpu': join(work, 'micro-webgpu'), 'tiny-wasm': join(work, 'tiny-wasm') } as const;
 let server: Server | undefined;
 let origin = '';
 let browser: Browser | undefined;
@@ -174,9 +174,9 @@ function call<T>(page: Page, step: string, ...args: unknown[]): Promise<T> {
   return page.evaluate(`window.harness.${step}(${args.map((a) => JSON.stringify(a)).join(', ')})`) as Promise<T>;
 }
 
-function build(input: string, out: string): Promise<void> {
+function build(input: string, out: string, target = 'wasm'): Promise<void> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, 'build', input, '--target', 'wasm', '-o', out], { timeout: 300_000 }, (error, _stdout, stderr) =>
+    execFile(process.execPath, [CLI, 'build', input, '--target', target, '-o', out], { timeout: 300_000 }, (error, _stdout, stderr) =>
       error ? reject(new Error(`cxc build ${input} failed: ${stderr}`)) : resolve());
   });
 }
@@ -219,12 +219,15 @@ function goldenTop5(): number[] {
 describe('the package in a browser page', () => {
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install chromium`);
-    await Promise.all([build(goldenPath('models', 'micro'), dirs['micro-wasm']), build(goldenPath('models', 'convnext-tiny-224'), dirs['tiny-wasm'])]);
+    await Promise.all([
+      build(goldenPath('models', 'micro'), dirs['micro-wasm']).then(() => build(goldenPath('models', 'micro'), dirs['micro-webgpu'], 'webgpu')),
+      build(goldenPath('models', 'convnext-tiny-224'), dirs['tiny-wasm']),
+    ]);
     origin = await serve();
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(work, 'profile-'))}`],
+      args: ['--no-sandbox', '--enable-unsafe-webgpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(work, 'profile-'))}`],
     });
   }, 600_000);
 
@@ -272,6 +275,20 @@ describe('the package in a browser page', () => {
     expect(await call<boolean>(page, 'clearCache', 'micro-wasm')).toBe(true);
     expect((await cached()).names).toEqual([]);
     expect(await loadOnce()).toBe('network');
+    expect(problems).toEqual([]);
+    await page.close();
+  }, 120_000);
+
+  test('a WebGPU package reads the cache too (weights read whole, not streamed into WASM memory), in a worker', async () => {
+    const { page, problems, warnings } = await openPage();
+    const loadOnce = () => call<string>(page, 'loadOnce', 'micro-webgpu', { worker: true });
+    // Each load on SwiftShader takes seconds: three make the case (stored, rejected when tampered, read).
+    expect(await loadOnce()).toBe('network');
+    await call<void>(page, 'tamper', 'cxc-weights:micro-webgpu@', 'flip');
+    expect(await loadOnce()).toBe('network');
+    expect(await loadOnce()).toBe('cache');
+    expect(weightsHits('micro-webgpu')).toBe(2);
+    expect(warnings.filter((w) => /cached weights .* failed their checks and were deleted/.test(w))).toHaveLength(1);
     expect(problems).toEqual([]);
     await page.close();
   }, 120_000);
