@@ -125,11 +125,26 @@ export function bitmapPixels(bitmap: ImageBitmap, close: boolean): ImageInput {
     const context = canvas.getContext('2d', { willReadFrequently: true });
     if (!context) throw new Error('cxc: no 2D canvas context to read the image with');
     context.drawImage(bitmap, 0, 0);
-    const data = context.getImageData(0, 0, width, height).data;
-    const exact = hasTranslucentPixels(data) ? readThroughWebGl(bitmap) : undefined;
+    const data = readPixels(context, width, height);
+    if (!hasTranslucentPixels(data)) return { data, width, height, channels: 4 };
+    const exact = readThroughWebGl(bitmap);
+    if (!exact) console.warn('cxc: no WebGL 2 here: the colours of translucent pixels come from a 2D canvas and may be off by rounding');
     return { data: exact ?? data, width, height, channels: 4 };
   } finally {
     if (close) bitmap.close();
+  }
+}
+
+/** getImageData, with the error of a cross-origin image (a tainted canvas) explained. */
+function readPixels(context: OffscreenCanvasRenderingContext2D, width: number, height: number): Uint8ClampedArray {
+  try {
+    return context.getImageData(0, 0, width, height).data;
+  } catch (error) {
+    if ((error as Error).name !== 'SecurityError') throw error;
+    throw new Error(
+      "cxc: the browser will not let a page read the pixels of this cross-origin image: serve it with CORS (Access-Control-Allow-Origin) and set img.crossOrigin = 'anonymous', or pass the URL itself",
+      { cause: error },
+    );
   }
 }
 

@@ -177,6 +177,18 @@ describe('the package in Node: batches, image inputs, worker threads', () => {
     expect(remote.loss(theirs.logits!, [1, 2])).toBe(local.loss(mine.logits!, [1, 2]));
   });
 
+  test('worker: true takes weights as bytes: copied once for the worker, the caller keeps them', async () => {
+    const bytes = new Uint8Array(readFileSync(join(micro.dir, 'weights.bin')));
+    const model = await micro.load({ worker: true, weights: bytes });
+    try {
+      expect(model.weightsFrom).toBe('bytes');
+      expect(bytes.byteLength).toBeGreaterThan(0); // not detached
+      expect(await model.classify(photo)).toEqual(await local.classify(photo));
+    } finally {
+      model.dispose();
+    }
+  });
+
   test('worker: true keeps the error classes and messages of the model', async () => {
     await expect(remote.run(new Float32Array(3), { batch: 1, height: 8, width: 8 })).rejects.toThrow(RangeError);
     await expect(remote.classify(photo, { topK: 0 })).rejects.toThrow(/topK must be a positive integer, got 0/);
