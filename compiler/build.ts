@@ -142,6 +142,8 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
     imageSize: spec.imageSize,
     numLabels: spec.numLabels,
     labels: spec.labels,
+    label2id: spec.label2id,
+    problemType: spec.problemType,
     outFeatures: spec.outFeatures,
     preprocess: loaded.preprocess,
     minInputSize: plan.minInputSize,
@@ -150,7 +152,7 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
     weights: { file: 'weights.bin', dtype: weightsDtype, floats: layout.floats, checksum: weightsFile ? checksum32(weightsFile) : null },
   };
   const assetNames = Object.fromEntries(Object.keys(rendered.assets).map((key) => [key, rendered.assets[key].file]));
-  const emitted = emitModule({ manifest, program: rendered.program, assets: assetNames });
+  const emitted = emitModule({ manifest, program: rendered.program, assets: assetNames, version: options.packageVersion ?? '1.0.0' });
   const files = new Map<string, string | Uint8Array>(emitted);
   for (const asset of Object.values(rendered.assets)) files.set(asset.file, asset.data);
   if (weightsFile) files.set('weights.bin', weightsFile);

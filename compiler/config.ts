@@ -3,13 +3,14 @@
  * ConvNextV2Config) in, a validated, fully defaulted ModelSpec out.
  */
 import { CxcError, show } from './errors.js';
-import { ACTIVATIONS, type Activation } from '../runtime/types.js';
+import { ACTIVATIONS, PROBLEM_TYPES, type Activation, type ProblemType } from '../runtime/types.js';
 
 export { ACTIVATIONS, type Activation };
 
 export type ModelType = 'convnext' | 'convnextv2';
 /** What the checkpoint's head computes: logits, nothing past the pooler, or backbone feature maps. */
 export type Head = 'classification' | 'base' | 'backbone';
+export { PROBLEM_TYPES, type ProblemType };
 
 export interface ModelSpec {
   modelType: ModelType;
@@ -30,6 +31,10 @@ export interface ModelSpec {
   numLabels: number;
   /** Index -> label, dense, length numLabels. */
   labels: string[];
+  /** config.label2id as [label, index] pairs (a label such as "__proto__" stays data); by default id2label inverted, as transformers makes it. */
+  label2id: Array<[string, number]>;
+  /** config.problem_type: what loss() computes; null lets the labels decide, as transformers does. */
+  problemType: ProblemType | null;
   /** Backbone only: stage names ("stem", "stage1", ...) whose normed outputs are feature maps. */
   outFeatures: string[];
   /** The class name transformers would instantiate, for messages and the generated README. */
@@ -174,6 +179,8 @@ export function parseModelConfig(json: unknown, source: string, context: ConfigC
     imageSize: read.integer('image_size', 224, 1, 16384),
     numLabels: head === 'classification' ? numLabels : 0,
     labels: head === 'classification' ? labels : [],
+    label2id: head === 'classification' ? readLabel2Id(read, json as Json, labels) : [],
+    problemType: readProblemType(read, json as Json),
     outFeatures,
     architecture: architectureName(modelType, head),
   };
@@ -278,6 +285,33 @@ function readLabels(read: FieldReader, json: Json): { labels: string[]; numLabel
   }
   const numLabels = read.integer('num_labels', 2, 0, LIMITS.labels);
   return { labels: Array.from({ length: numLabels }, (_, i) => `LABEL_${i}`), numLabels };
+}
+
+/** label2id: label -> index, every index one of id2label's. Absent: id2label inverted (a repeated label keeps its last index, as dict(zip(...)) does). */
+function readLabel2Id(read: FieldReader, json: Json, labels: string[]): Array<[string, number]> {
+  if (!read.has('label2id')) {
+    const inverse = new Map<string, number>();
+    labels.forEach((label, index) => inverse.set(label, index));
+    return [...inverse];
+  }
+  const given = json.label2id;
+  if (typeof given !== 'object' || given === null || Array.isArray(given)) read.fail('label2id', given, 'expected an object of "label": index');
+  return Object.entries(given as Json).map(([label, index]) => {
+    if (!Number.isInteger(index) || (index as number) < 0 || (index as number) >= labels.length) {
+      read.fail(`label2id[${JSON.stringify(label)}]`, index, `expected a class index 0..${labels.length - 1}`);
+    }
+    return [label, index as number];
+  });
+}
+
+/** problem_type as transformers accepts it: one of three names, or null (decided by the labels at loss time). */
+function readProblemType(read: FieldReader, json: Json): ProblemType | null {
+  if (!read.has('problem_type') || json.problem_type === null) return null;
+  const value = json.problem_type;
+  if (typeof value !== 'string' || !(PROBLEM_TYPES as readonly string[]).includes(value)) {
+    read.fail('problem_type', value, `expected null or one of ${PROBLEM_TYPES.join(', ')}`);
+  }
+  return value as ProblemType;
 }
 
 function decideHead(read: FieldReader, json: Json, context: ConfigContext, numLabels: number): Head {

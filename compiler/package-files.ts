@@ -86,7 +86,7 @@ export function packageReadme(manifest: ModelManifest, bundledWeights: boolean):
     sibling: name.endsWith(`-${target}`) ? `${name.slice(0, -target.length)}${wasm ? 'webgpu' : 'wasm'}` : undefined,
     use: classifier
       ? ['const top5 = await model.classify(image, { topK: 5 });   // [{ label, score, index }, ...]']
-      : ['const { pixelValues, height, width } = model.preprocess(image);', 'const out = await model.run(pixelValues, { batch: 1, height, width });'],
+      : ['const { pixelValues, height, width } = await model.preprocess(image);', 'const out = await model.run(pixelValues, { batch: 1, height, width });'],
   };
   return [
     ...readmeSummary(context), ...readmeNode(context), ...readmeBrowser(context), ...readmeWeights(context), ...readmeApi(context),
@@ -156,7 +156,9 @@ function readmeNode(context: ReadmeContext): string[] {
 
 function readmeBrowser(context: ReadmeContext): string[] {
   const { manifest, wasm, use, sibling } = context;
-  const browserLoad = wasm ? loadCall(context, ['threads: crossOriginIsolated ? navigator.hardwareConcurrency : 1', 'onProgress']) : loadCall(context, ['onProgress']);
+  const browserLoad = wasm
+    ? loadCall(context, ['worker: true', 'threads: crossOriginIsolated ? navigator.hardwareConcurrency : 1', 'onProgress'])
+    : loadCall(context, ['worker: true', 'onProgress']);
   return [
     '## Browser',
     '',
@@ -167,16 +169,15 @@ function readmeBrowser(context: ReadmeContext): string[] {
     `  const onProgress = ({ loaded, total }) => console.log(\`weights \${Math.round((100 * loaded) / total)}%\`);`,
     `  const model = ${browserLoad};`,
     "  document.getElementById('file').onchange = async (event) => {",
-    "    const bitmap = await createImageBitmap(event.target.files[0], { colorSpaceConversion: 'none' });",
-    '    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);',
-    "    const context = canvas.getContext('2d');",
-    '    context.drawImage(bitmap, 0, 0);',
-    '    const { data, width, height } = context.getImageData(0, 0, bitmap.width, bitmap.height);',
-    '    const image = { data, width, height, channels: 4 };',
+    '    const image = event.target.files[0];   // or ImageData, an <img>, a canvas, an ImageBitmap, a VideoFrame, a Blob, a URL',
     ...use.map((line) => `    ${line}`),
     '  };',
     '</script>',
     '```',
+    '',
+    '`worker: true` runs decoding, preprocessing and inference in a module Web Worker, so the page never freezes; `model.dispose()` ends it. ' +
+      'Images are decoded with `createImageBitmap(..., { colorSpaceConversion: \'none\', premultiplyAlpha: \'none\' })`: a PNG gives the pixels Pillow reads. ' +
+      '`weights.bin` is kept in Cache Storage after the first visit (checksummed on every load; `load({ cache: false })` skips it, `clearCache()` empties it; `model.weightsFrom` says where it came from).',
     '',
     wasm
       ? '`index.js` fetches `kernels*.wasm` and `weights.bin` from next to itself (`new URL(..., import.meta.url)`, which Vite, webpack 5 and esbuild follow): serve them with it. ' +
@@ -208,8 +209,10 @@ function readmeApi({ wasm }: ReadmeContext): string[] {
     '## API',
     '',
     '- `load(options?)`: `weights` (path, URL or bytes; default `weights.bin` next to the module), `onProgress({ loaded, total })`, ' +
-      (wasm ? '`threads` (default 1), `relaxedSimd` (default true)' : '`gpu` (default `navigator.gpu`), `device`') + '.',
-    '- `model.classify(image, { topK })`: softmax scores of the top labels. `image` is `{ data, width, height, channels: 3 | 4 }`, 8-bit, rows top to bottom.',
+      (wasm ? '`threads` (default 1), `relaxedSimd` (default true)' : '`gpu` (default `navigator.gpu`), `device`') + ', `worker` (default false), `cache` (browsers, default true).',
+    '- `model.classify(image, { topK })`: softmax scores of the top labels; `classify([image, ...])` gives one list per image. `image` is `{ data, width, height, channels: 3 | 4 }` ' +
+      '(8-bit, rows top to bottom) or, in browsers, ImageData, an `<img>`, a canvas, an OffscreenCanvas, an ImageBitmap, a VideoFrame, a Blob or File, or a URL.',
+    '- `model.loss(logits, labels)`: the loss transformers computes for `config.problem_type`; `model.config.id2label` and `label2id` name the classes.',
     "- `model.preprocess(image)` then `model.run(pixelValues, { batch, height, width, outputHiddenStates })`: NCHW float32 in, transformers' outputs out (`logits`, `poolerOutput`, `lastHiddenState`, `hiddenStates`, `featureMaps`, `shapes`).",
     '- `model.backend` says what runs it; `model.config` and `manifest` describe the model; `model.dispose()` frees it.',
     '',

@@ -5,12 +5,31 @@
 import { checksum32 } from './checksum.js';
 import type { ModelManifest } from './types.js';
 
-export type ByteSource = string | URL | ArrayBuffer | ArrayBufferView;
+export type ByteSource = string | URL | ArrayBuffer | ArrayBufferView | CachingSource;
+
+/**
+ * Weights read through a cache (browsers' Cache Storage: runtime/cache.ts). loadWeights reads
+ * the response it opens, verifies the bytes as it would a download, and reports the verdict.
+ */
+export interface CachingSource {
+  readonly url: URL;
+  /** The cached response, or a download that is being stored as it is read. */
+  open(): Promise<Response>;
+  /** The bytes passed the checks. */
+  accepted(): Promise<void>;
+  /** The bytes failed: the entry is dropped; returns the error to throw. */
+  rejected(error: unknown): Promise<unknown>;
+}
+
+export function isCachingSource(source: unknown): source is CachingSource {
+  return typeof source === 'object' && source !== null && typeof (source as CachingSource).open === 'function' && (source as CachingSource).url instanceof URL;
+}
 export type ProgressCallback = (progress: { loaded: number; total: number; what: string }) => void;
 
 const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string';
 
 export async function readBytes(source: ByteSource, what: string, onProgress?: ProgressCallback): Promise<Uint8Array> {
+  if (isCachingSource(source)) return readResponse(await source.open(), what, onProgress);
   if (source instanceof ArrayBuffer) return new Uint8Array(source);
   if (ArrayBuffer.isView(source)) return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
   const url = typeof source === 'string' ? toUrl(source) : source;
@@ -25,7 +44,11 @@ export async function readBytes(source: ByteSource, what: string, onProgress?: P
       throw cannotRead(url ?? (source as string), what, error);
     }
   }
-  const response = await fetchOk(url ?? (source as string), what);
+  return readResponse(await fetchOk(url ?? (source as string), what), what, onProgress);
+}
+
+/** A response's whole body, reporting progress as it arrives. */
+async function readResponse(response: Response, what: string, onProgress?: ProgressCallback): Promise<Uint8Array> {
   const total = Number(response.headers.get('content-length') ?? 0);
   if (!response.body || !onProgress) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();
@@ -97,22 +120,48 @@ export async function loadWeights(source: ByteSource, manifest: ModelManifest, o
       `cxc: the weights file ${describe(source)} is ${atLeast ? 'more than ' : ''}${actual} bytes but ${manifest.name} expects ${expected}: ` +
         'it was packed for a different config or target, or it is truncated (make it with `cxc weights model.safetensors --config config.json`)',
     );
-  let bytes: Uint8Array;
+  if (isCachingSource(source)) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await readWeights(await source.open(), expected, wrongSize, onProgress, destination);
+      verifyChecksum(bytes, source, manifest, destination);
+    } catch (error) {
+      throw await source.rejected(error);
+    }
+    await source.accepted();
+    return bytes;
+  }
+  const bytes = await readWeights(source, expected, wrongSize, onProgress, destination);
+  verifyChecksum(bytes, source, manifest, destination);
+  return bytes;
+}
+
+/** The weights file's bytes, its size checked (into the destination when there is one). */
+async function readWeights(source: Exclude<ByteSource, CachingSource> | Response, expected: number, wrongSize: WrongSize, onProgress?: ProgressCallback, destination?: WeightsDestination): Promise<Uint8Array> {
+  if (source instanceof Response) {
+    if (destination) return responseInto(source, destination, wrongSize, onProgress);
+    const bytes = await readResponse(source, 'weights', onProgress);
+    if (bytes.byteLength !== expected) throw wrongSize(bytes.byteLength);
+    return bytes;
+  }
   const url = typeof source === 'string' ? toUrl(source) : source instanceof URL ? source : undefined;
   const isFile = (typeof source === 'string' || source instanceof URL) && (url === undefined || url.protocol === 'file:');
-  if (destination && isNode && isFile) {
-    bytes = await readFileInto(url ?? (source as string), destination, wrongSize, onProgress);
-  } else if (destination && !isFile && !(source instanceof ArrayBuffer) && !ArrayBuffer.isView(source)) {
-    bytes = await fetchInto(url ?? (source as string), destination, wrongSize, onProgress);
-  } else {
-    bytes = await readBytes(source, 'weights', onProgress);
-    if (bytes.byteLength !== expected) throw wrongSize(bytes.byteLength);
-    if (destination) {
-      destination.into.set(bytes);
-      bytes = destination.into;
-      await destination.arrived?.(bytes.byteLength);
-    }
+  if (destination && isNode && isFile) return readFileInto(url ?? (source as string), destination, wrongSize, onProgress);
+  if (destination && !isFile && !(source instanceof ArrayBuffer) && !ArrayBuffer.isView(source)) {
+    return responseInto(await fetchOk(url ?? (source as string), 'weights'), destination, wrongSize, onProgress);
   }
+  let bytes = await readBytes(source, 'weights', onProgress);
+  if (bytes.byteLength !== expected) throw wrongSize(bytes.byteLength);
+  if (destination) {
+    destination.into.set(bytes);
+    bytes = destination.into;
+    await destination.arrived?.(bytes.byteLength);
+  }
+  return bytes;
+}
+
+/** The checksum the module was built with, or an error naming the file. */
+function verifyChecksum(bytes: Uint8Array, source: ByteSource, manifest: ModelManifest, destination?: WeightsDestination): void {
   // A module built from a bare config knows the layout but not the checkpoint: size is all it can check.
   if (manifest.weights.checksum !== null) {
     const sum = destination?.checksum ? destination.checksum() : checksum32(bytes);
@@ -123,7 +172,6 @@ export async function loadWeights(source: ByteSource, manifest: ModelManifest, o
       );
     }
   }
-  return bytes;
 }
 
 type WrongSize = (actual: number, atLeast?: boolean) => Error;
@@ -175,10 +223,9 @@ async function readFileInto(path: string | URL, destination: WeightsDestination,
   }
 }
 
-/** fetch: the body streamed straight into the destination (no whole-file copy), checksummed as it arrives. */
-async function fetchInto(url: string | URL, destination: WeightsDestination, wrongSize: WrongSize, onProgress?: ProgressCallback): Promise<Uint8Array> {
+/** A response (a download or a cached copy): the body streamed straight into the destination (no whole-file copy), checksummed as it arrives. */
+async function responseInto(response: Response, destination: WeightsDestination, wrongSize: WrongSize, onProgress?: ProgressCallback): Promise<Uint8Array> {
   const { into } = destination;
-  const response = await fetchOk(url, 'weights');
   // Content-Length is the encoded size when the server compresses, so it is only trusted without Content-Encoding.
   const declared = response.headers.get('content-encoding') ? NaN : Number(response.headers.get('content-length') ?? NaN);
   if (Number.isFinite(declared) && declared !== into.byteLength) {
@@ -212,5 +259,6 @@ async function fetchInto(url: string | URL, destination: WeightsDestination, wro
 }
 
 function describe(source: ByteSource): string {
+  if (isCachingSource(source)) return String(source.url);
   return typeof source === 'string' || source instanceof URL ? String(source) : '(given as bytes)';
 }

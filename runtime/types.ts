@@ -12,6 +12,10 @@ export const ACTIVATIONS = [
 ] as const;
 export type Activation = (typeof ACTIVATIONS)[number];
 
+/** config.problem_type values transformers accepts: they choose the loss. */
+export const PROBLEM_TYPES = ['regression', 'single_label_classification', 'multi_label_classification'] as const;
+export type ProblemType = (typeof PROBLEM_TYPES)[number];
+
 /**
  * Buffers the plan reads and writes: the NCHW input, NHWC activation buffers `act0`, `act1`, ...
  * (as many as the plan keeps alive at once, allocated by liveness in plan.ts), and the per-image
@@ -95,6 +99,10 @@ export interface ModelManifest {
   imageSize: number;
   numLabels: number;
   labels: string[];
+  /** config.label2id as [label, index] pairs (data, whatever the labels say); the model's config has it as an object. */
+  label2id: Array<[string, number]>;
+  /** config.problem_type; null: loss() decides from the labels, as transformers does. */
+  problemType: ProblemType | null;
   outFeatures: string[];
   preprocess: PreprocessSpec;
   /** Smallest input height and width: every level keeps at least one pixel. */

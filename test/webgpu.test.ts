@@ -48,7 +48,7 @@ function build(caseName: string): Built {
     name: `${caseName.replace('/', '-')}-webgpu`, target: 'webgpu', architecture: spec.architecture, parameters: countParameters(spec), modelType: spec.modelType,
     head: spec.head, numChannels: spec.numChannels, patchSize: spec.patchSize, hiddenSizes: spec.hiddenSizes, depths: spec.depths,
     hiddenAct: spec.hiddenAct, layerNormEps: spec.layerNormEps, imageSize: spec.imageSize, numLabels: spec.numLabels,
-    labels: spec.labels, outFeatures: spec.outFeatures, preprocess: undefined as unknown as ModelManifest['preprocess'],
+    labels: spec.labels, label2id: spec.label2id, problemType: spec.problemType, outFeatures: spec.outFeatures, preprocess: undefined as unknown as ModelManifest['preprocess'],
     minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps,
     weights: { file: 'weights.bin', dtype: 'f32', floats: packed.layout.floats, checksum: checksum32(packed.data) },
   };

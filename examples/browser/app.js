@@ -2,7 +2,10 @@
 // `cxc serve OUT...` lists the packages in /models.json; the page runs WebGPU when the browser
 // has a usable adapter and a webgpu build is served, otherwise WebAssembly, and says why.
 // ?backend=wasm|webgpu forces one; ?model=NAME picks a model when several are served.
-// No framework and no build step: this file is served as it is.
+// The model runs in a Web Worker (load({ worker: true })): the page stays responsive, and the
+// longest main-thread task during a run is shown. Weights come from Cache Storage after the first
+// visit (the page says which). Images go to classify() as they are: a File, several Files (one
+// batch), or a URL. No framework and no build step: this file is served as it is.
 
 const params = new URLSearchParams(location.search);
 const forcedBackend = params.get('backend');
@@ -10,8 +13,15 @@ const $ = (id) => document.getElementById(id);
 
 /** @type {{ model: any, info: any, loadMs: number } | undefined} */
 let current;
-let lastImage;
+let lastImages;
 let generation = 0;
+
+/** Main-thread tasks over 50 ms, as the browser reports them (none while the worker computes). */
+const longTasks = [];
+if (PerformanceObserver.supportedEntryTypes?.includes('longtask')) {
+  new PerformanceObserver((list) => longTasks.push(...list.getEntries().map((e) => ({ start: e.startTime, duration: e.duration })))).observe({ type: 'longtask' });
+}
+const longestTask = (from, to) => Math.max(0, ...longTasks.filter((t) => t.start + t.duration > from && t.start < to).map((t) => t.duration));
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -79,6 +89,7 @@ async function loadPackage(info, myGeneration) {
   const threads = info.target === 'wasm' && window.crossOriginIsolated ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8)) : 1;
   const started = performance.now();
   const model = await module.load({
+    worker: true,
     threads,
     onProgress: ({ loaded, total }) => {
       if (myGeneration !== generation) return;
@@ -118,7 +129,12 @@ function showBackend(choice, model, loadMs) {
   const reason = $('backend-reason');
   reason.textContent = choice.reason;
   reason.classList.toggle('fallback', choice.fallback);
-  $('load-text').textContent = `Ready in ${(loadMs / 1000).toFixed(1)} s · ${mib(choice.info.weightsBytes)} of weights`;
+  const fromCache = model.weightsFrom === 'cache';
+  $('load-text').textContent = `Ready in ${(loadMs / 1000).toFixed(1)} s · ${mib(choice.info.weightsBytes)} of weights ${fromCache ? 'from the browser cache' : 'downloaded'}`;
+  const weights = $('weights-from');
+  weights.dataset.from = model.weightsFrom;
+  weights.textContent = fromCache ? 'Weights from Cache Storage: nothing downloaded' : 'Weights downloaded, now kept in Cache Storage for the next visit';
+  weights.hidden = false;
   $('footer-target').textContent = choice.info.target === 'webgpu' ? 'WebGPU' : 'WebAssembly';
   document.body.dataset.backend = choice.info.target;
 }
@@ -153,40 +169,19 @@ async function selectGroup(group) {
   current = loaded;
   showBackend(choice, loaded.model, loaded.loadMs);
   setState('ready');
-  if (lastImage) await classify(lastImage);
+  if (lastImages) await classify(lastImages);
 }
 
-/** Decodes an image file to RGBA pixels as they are stored (no colour management, no premultiplied alpha). */
-async function decode(file) {
-  const bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const context = canvas.getContext('2d', { willReadFrequently: true });
-  context.drawImage(bitmap, 0, 0);
-  bitmap.close();
-  const { data, width, height } = context.getImageData(0, 0, canvas.width, canvas.height);
-  return { data, width, height, channels: 4 };
-}
-
-function softmaxTop(logits, k) {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  const exps = Array.from(logits, (v) => Math.exp(v - max));
-  const sum = exps.reduce((a, b) => a + b, 0);
-  return exps
-    .map((e, index) => ({ index, score: e / sum }))
-    .sort((a, b) => b.score - a.score || a.index - b.index)
-    .slice(0, k);
-}
-
-function showResults(top, labels) {
+function showResults(top, id2label) {
   const best = top[0]?.score || 1;
+  const labels = (index) => id2label[String(index)];
   const rows = top.map(({ index, score }, rank) => {
     const li = document.createElement('li');
     li.dataset.index = String(index);
-    li.dataset.label = labels[index];
+    li.dataset.label = labels(index);
     li.dataset.score = String(score);
     const rankEl = Object.assign(document.createElement('span'), { className: 'rank', textContent: String(rank + 1) });
-    const label = Object.assign(document.createElement('span'), { className: 'label', textContent: labels[index], title: labels[index] });
+    const label = Object.assign(document.createElement('span'), { className: 'label', textContent: labels(index), title: labels(index) });
     const pct = Object.assign(document.createElement('span'), { className: 'pct', textContent: `${(score * 100).toFixed(score >= 0.1 ? 1 : 2)}%` });
     const bar = document.createElement('div');
     bar.className = 'bar';
@@ -202,41 +197,57 @@ function showResults(top, labels) {
 
 function showTimings(t) {
   const set = (id, value) => ($(id).innerHTML = `${ms(value)}<small>ms</small>`);
-  set('t-decode', t.decode);
-  set('t-preprocess', t.preprocess);
-  set('t-inference', t.inference);
+  set('t-handoff', t.handoff);
+  set('t-classify', t.classify);
+  set('t-blocked', t.blocked);
 }
 
-async function classify(file) {
-  lastImage = file;
+/** The other images of a batch: each one's best label. */
+function showBatch(names, tops, id2label) {
+  const rows = tops.slice(1).map((top, i) => {
+    const li = document.createElement('li');
+    li.dataset.index = String(top[0].index);
+    li.textContent = `${names[i + 1]}: ${id2label[String(top[0].index)]} (${(top[0].score * 100).toFixed(1)}%)`;
+    return li;
+  });
+  $('batch').replaceChildren(...rows);
+  $('batch-card').hidden = rows.length === 0;
+}
+
+function showPreview(images) {
+  const first = images[0];
+  const key = typeof first === 'string' ? first : first.name + first.size + first.lastModified;
   const preview = $('preview');
-  if (preview.dataset.file !== file.name + file.size + file.lastModified) {
-    URL.revokeObjectURL(preview.src);
-    preview.src = URL.createObjectURL(file);
-    preview.dataset.file = file.name + file.size + file.lastModified;
-    preview.hidden = false;
-    $('drop-empty').hidden = true;
-    $('drop').classList.add('has-image');
-  }
+  if (preview.dataset.key === key) return;
+  if (preview.src.startsWith('blob:')) URL.revokeObjectURL(preview.src);
+  preview.src = typeof first === 'string' ? first : URL.createObjectURL(first);
+  preview.dataset.key = key;
+  preview.hidden = false;
+  $('drop-empty').hidden = true;
+  $('drop').classList.add('has-image');
+  const describe = (image) => (typeof image === 'string' ? image : `${image.name || 'pasted image'} · ${(image.size / 1024).toFixed(0)} KiB`);
+  $('image-meta').textContent = images.length > 1 ? `${describe(first)} and ${images.length - 1} more, classified as one batch` : describe(first);
+}
+
+/** Files or a URL straight to classify(): the worker decodes, preprocesses and runs them. */
+async function classify(images) {
+  lastImages = images;
+  showPreview(images);
   if (!current) return; // classified once the model is loaded
   const { model } = current;
   clearError();
   setState('running');
   $('again').disabled = true;
   try {
-    let started = performance.now();
-    const image = await decode(file);
-    const decodeMs = performance.now() - started;
-    $('image-meta').textContent = `${file.name || 'pasted image'} · ${image.width}×${image.height} · ${(file.size / 1024).toFixed(0)} KiB`;
-    started = performance.now();
-    const { pixelValues, height, width } = model.preprocess(image);
-    const preprocessMs = performance.now() - started;
-    started = performance.now();
-    const out = await model.run(pixelValues, { batch: 1, height, width });
-    const inferenceMs = performance.now() - started;
-    if (!out.logits) throw new Error(`${current.info.name} has no classifier: it outputs features, not labels`);
-    showResults(softmaxTop(out.logits, 5), model.config.labels);
-    showTimings({ decode: decodeMs, preprocess: preprocessMs, inference: inferenceMs });
+    const started = performance.now();
+    const pending = model.classify(images, { topK: 5 });
+    const handoff = performance.now() - started; // what the page itself spent before the worker took over
+    const tops = await pending;
+    const finished = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 0)); // let the long-task observer report
+    showResults(tops[0], model.config.id2label);
+    showBatch(images.map((image) => (typeof image === 'string' ? image : image.name)), tops, model.config.id2label);
+    showTimings({ handoff, classify: finished - started, blocked: longestTask(started, finished) });
     setState('done');
   } catch (error) {
     showError(error.message ?? String(error));
@@ -248,8 +259,13 @@ async function classify(file) {
 function wireInputs() {
   const drop = $('drop');
   $('file').addEventListener('change', (event) => {
-    const file = event.target.files?.[0];
-    if (file) classify(file);
+    const files = [...(event.target.files ?? [])];
+    if (files.length > 0) classify(files);
+  });
+  $('url-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const url = $('url').value.trim();
+    if (url) classify([url]);
   });
   drop.addEventListener('dragover', (event) => {
     event.preventDefault();
@@ -259,14 +275,14 @@ function wireInputs() {
   drop.addEventListener('drop', (event) => {
     event.preventDefault();
     drop.classList.remove('over');
-    const file = [...(event.dataTransfer?.files ?? [])].find((f) => f.type.startsWith('image/'));
-    if (file) classify(file);
+    const files = [...(event.dataTransfer?.files ?? [])].filter((f) => f.type.startsWith('image/'));
+    if (files.length > 0) classify(files);
   });
   document.addEventListener('paste', (event) => {
-    const file = [...(event.clipboardData?.files ?? [])].find((f) => f.type.startsWith('image/'));
-    if (file) classify(file);
+    const files = [...(event.clipboardData?.files ?? [])].filter((f) => f.type.startsWith('image/'));
+    if (files.length > 0) classify(files);
   });
-  $('again').addEventListener('click', () => lastImage && classify(lastImage));
+  $('again').addEventListener('click', () => lastImages && classify(lastImages));
 }
 
 async function main() {
