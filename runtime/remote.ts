@@ -161,6 +161,7 @@ export async function loadInWorker(manifest: ModelManifest, workerUrl: URL, opti
     failure ??= error;
     for (const id of [...pending.keys()]) settle(id, (entry) => entry.reject(error));
   };
+  // Assigned once the worker exists; nothing settles before then.
   let channel: Channel | undefined;
   channel = await openChannel(workerUrl, `cxc ${manifest.name}`, onMessage, onFailure);
   const open = channel;
@@ -173,7 +174,12 @@ export async function loadInWorker(manifest: ModelManifest, workerUrl: URL, opti
     return new Promise<T>((resolve, reject) => {
       pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
       open.busy(true);
-      open.post({ ...message, id } as ToWorker, transfer);
+      try {
+        open.post({ ...message, id } as ToWorker, transfer);
+      } catch (error) {
+        // Not cloneable (a DataCloneError): nothing was sent, so nothing will answer.
+        settle(id, (entry) => entry.reject(new TypeError(`cxc: cannot send this input to the worker: ${(error as Error).message}`, { cause: error })));
+      }
     });
   }
 
