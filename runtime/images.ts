@@ -142,7 +142,7 @@ function readPixels(context: OffscreenCanvasRenderingContext2D, width: number, h
   } catch (error) {
     if ((error as Error).name !== 'SecurityError') throw error;
     throw new Error(
-      "cxc: the browser will not let a page read the pixels of this cross-origin image: serve it with CORS (Access-Control-Allow-Origin) and set img.crossOrigin = 'anonymous', or pass the URL itself",
+      "cxc: the browser will not let a page read the pixels of this cross-origin image: serve it with CORS (Access-Control-Allow-Origin) and set img.crossOrigin = 'anonymous'",
       { cause: error },
     );
   }

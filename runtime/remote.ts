@@ -2,8 +2,8 @@
  * load({ worker: true }): the model in a module Web Worker (browsers) or a worker thread (Node),
  * behind the same ConvNextModel API.
  *
- * The worker imports this package's own index.js by URL and calls its load(), so it runs the
- * very same backend (WASM threads start from the worker). What stays on the calling thread is
+ * The worker's entry (the package's worker.js) imports the package's own index.js and calls its
+ * load(), so it runs the very same backend (WASM threads start from the worker). What stays on the calling thread is
  * cheap: input checks (errors keep their stack and class), the loss, and preprocess() (which
  * returns synchronously for pixels in memory). classify() sends the images themselves: the
  * worker decodes, preprocesses and runs them, so a page's main thread only posts messages.
@@ -23,7 +23,7 @@ import type { Classification, ModelManifest, ModelOutputs } from './types.js';
 export type WireImage = ImageInput | ImageBitmap | Blob | { url: string };
 
 export type ToWorker =
-  | { type: 'load'; id: number; moduleUrl: string; options: Pick<LoadOptions, 'threads' | 'relaxedSimd' | 'cache'> & { weights?: string | ArrayBuffer } }
+  | { type: 'load'; id: number; options: Pick<LoadOptions, 'threads' | 'relaxedSimd' | 'cache'> & { weights?: string | ArrayBuffer } }
   | { type: 'run'; id: number; pixelValues: Float32Array; options: { batch: number; height: number; width: number; outputHiddenStates: boolean } }
   | { type: 'classify'; id: number; images: WireImage[]; topK: number }
   | { type: 'dispose' };
@@ -134,7 +134,7 @@ async function toWire(source: ImageSource): Promise<{ image: WireImage; transfer
   return { image: bitmap, transfer: [bitmap] };
 }
 
-export async function loadInWorker(manifest: ModelManifest, moduleUrl: string, workerUrl: URL, options: LoadOptions & Record<string, unknown>): Promise<ConvNextModel> {
+export async function loadInWorker(manifest: ModelManifest, workerUrl: URL, options: LoadOptions & Record<string, unknown>): Promise<ConvNextModel> {
   if (isNode && manifest.target === 'webgpu') {
     throw new TypeError(
       'cxc: load({ worker: true }) runs WebGPU packages in browsers only: a worker thread in Node has no GPU entry point to take. ' +
@@ -161,6 +161,7 @@ export async function loadInWorker(manifest: ModelManifest, moduleUrl: string, w
     failure ??= error;
     for (const id of [...pending.keys()]) settle(id, (entry) => entry.reject(error));
   };
+  // Assigned once the worker exists; nothing settles before then.
   let channel: Channel | undefined;
   channel = await openChannel(workerUrl, `cxc ${manifest.name}`, onMessage, onFailure);
   const open = channel;
@@ -173,13 +174,18 @@ export async function loadInWorker(manifest: ModelManifest, moduleUrl: string, w
     return new Promise<T>((resolve, reject) => {
       pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
       open.busy(true);
-      open.post({ ...message, id } as ToWorker, transfer);
+      try {
+        open.post({ ...message, id } as ToWorker, transfer);
+      } catch (error) {
+        // Not cloneable (a DataCloneError): nothing was sent, so nothing will answer.
+        settle(id, (entry) => entry.reject(new TypeError(`cxc: cannot send this input to the worker: ${(error as Error).message}`, { cause: error })));
+      }
     });
   }
 
   let loaded: Loaded;
   try {
-    loaded = await call<Loaded>({ type: 'load', moduleUrl, options: wire.options }, wire.transfer);
+    loaded = await call<Loaded>({ type: 'load', options: wire.options }, wire.transfer);
   } catch (error) {
     open.terminate();
     throw error;

@@ -1,8 +1,9 @@
 /**
  * The model's worker (load({ worker: true })): a module Web Worker in browsers, a worker thread
- * in Node. It imports the package's own index.js by the URL it is sent, loads the model there
- * (weights through the cache, WASM threads started from here), and answers run and classify
- * messages; outputs go back transferred. See remote.ts for the other side.
+ * in Node. Its entry is the package's worker.js, which imports the package's own index.js and
+ * hands its load() to serveModel(): the model is loaded here (weights through the cache, WASM
+ * threads started from here), and run and classify messages are answered; outputs go back
+ * transferred. It imports nothing by a URL it is sent. See remote.ts for the other side.
  */
 import { bitmapPixels, decodeImage } from './images.js';
 import type { ConvNextModel, LoadOptions } from './model.js';
@@ -53,12 +54,14 @@ function decodeWire(image: WireImage): Promise<ImageInput> {
   return decodeImage(image as ImageInput | Blob);
 }
 
-async function main(): Promise<void> {
+type Load = (options: LoadOptions) => Promise<ConvNextModel>;
+
+/** Answers the messages of remote.ts with a model from the package's own load(). */
+export async function serveModel(load: Load): Promise<void> {
   const port = await openPort();
   let model: ConvNextModel | undefined;
   const handle = async (message: Exclude<ToWorker, { type: 'dispose' }>): Promise<{ value: unknown; transfer?: Transferable[] }> => {
     if (message.type === 'load') {
-      const { load } = (await import(/* @vite-ignore */ message.moduleUrl)) as { load(options: LoadOptions): Promise<ConvNextModel> };
       model = await load({
         ...message.options,
         worker: false,
@@ -92,4 +95,3 @@ async function main(): Promise<void> {
   });
 }
 
-void main();

@@ -45,7 +45,7 @@ describe('a built package, packed and installed from its tarball', () => {
     const packed = JSON.parse(await run('npm', ['pack', '--json', '--pack-destination', tarballs], packageDir)) as Array<{ filename: string; files: Array<{ path: string }> }>;
     tarball = join(tarballs, packed[0].filename);
     const packedFiles = packed[0].files.map((f) => f.path).sort();
-    expect(packedFiles).toEqual(expect.arrayContaining(['README.md', 'index.d.ts', 'index.js', 'kernels.wasm', 'kernels-relaxed.wasm', 'package.json', 'runtime/model.js', 'runtime/model.d.ts', 'weights.bin']));
+    expect(packedFiles).toEqual(expect.arrayContaining(['README.md', 'index.d.ts', 'index.js', 'kernels.wasm', 'kernels-relaxed.wasm', 'package.json', 'runtime/model.js', 'runtime/model.d.ts', 'weights.bin', 'worker.js', 'runtime/worker.js', 'runtime/remote.js', 'runtime/cache.js', 'runtime/images.js']));
     expect(packedFiles).not.toContain('.cxc-build');
     expect(packedFiles).not.toContain('index.ts');
 

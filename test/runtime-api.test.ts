@@ -16,7 +16,7 @@ import { PNG } from 'pngjs';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseModelConfig } from '../compiler/config.js';
-import { computeLoss, inferProblemType, sameSizeGroups, stack } from '../runtime/model.js';
+import { computeLoss, inferProblemType, modelConfig, sameSizeGroups, stack } from '../runtime/model.js';
 import type { ModelManifest } from '../runtime/types.js';
 import type { ConvNextModel } from '../runtime/model.js';
 import { buildToTemp, type BuiltModule } from './helpers/build.js';
@@ -34,6 +34,15 @@ describe('config: labels and problem_type', () => {
     expect(parseModelConfig(MICRO, 'config.json').label2id).toEqual([['LABEL_0', 0], ['LABEL_1', 1]]);
     expect(() => parseModelConfig({ ...MICRO, id2label: { '0': 'a', '1': 'b' }, label2id: { a: 2 } }, 'config.json')).toThrow(/field "label2id\["a"\]" is 2: expected a class index 0\.\.1/);
     expect(() => parseModelConfig({ ...MICRO, label2id: ['a'] }, 'config.json')).toThrow(/field "label2id".*expected an object/);
+  });
+
+  test('labels such as __proto__ stay data in config.id2label and label2id', () => {
+    const spec = parseModelConfig({ ...MICRO, id2label: { '0': '__proto__', '1': 'constructor' } }, 'config.json');
+    const config = modelConfig({ labels: spec.labels, label2id: spec.label2id, steps: [] } as unknown as ModelManifest);
+    expect(Object.keys(config.label2id)).toEqual(['__proto__', 'constructor']);
+    expect(config.label2id.__proto__).toBe(0);
+    expect(Object.getPrototypeOf(config.label2id)).toBe(Object.prototype);
+    expect(config.id2label).toEqual({ 0: '__proto__', 1: 'constructor' });
   });
 
   test('problem_type: the three transformers names or null; anything else is an error naming the field', () => {
@@ -196,6 +205,8 @@ describe('the package in Node: batches, image inputs, worker threads', () => {
     await expect(remote.classify({ data: new Uint8Array(5), width: 2, height: 2, channels: 3 })).rejects.toThrow(
       await local.classify({ data: new Uint8Array(5), width: 2, height: 2, channels: 3 }).then(() => 'no error', (e: Error) => e.message),
     );
+    // an input that cannot be sent at all (not structured-cloneable) is refused, and nothing hangs
+    await expect(remote.classify({ data: Symbol('pixels'), width: 2, height: 2, channels: 3 } as never)).rejects.toThrow(/cannot send this input to the worker/);
     await expect(micro.load({ worker: true, weights: '/nonexistent/weights.bin' })).rejects.toThrow(/cannot read the weights file \/nonexistent\/weights\.bin \(ENOENT\)/);
   });
 
