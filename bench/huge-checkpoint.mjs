@@ -6,7 +6,7 @@
  * (`cxc build --target wasm`), runs it at 224x224 on one thread (`cxc run`), and prints wall time
  * and peak RSS of both (from /usr/bin/time -v). Temporary files are removed at the end.
  *
- *   npm run build && node bench/huge-checkpoint.mjs [--config examples/configs/NAME] [--keep]
+ *   npm run build && npm run bench:huge -- [--config examples/configs/NAME] [--keep]
  *
  * Needs ~5.5 GB of free disk (checkpoint + weights.bin) and ~6 GB of memory.
  */

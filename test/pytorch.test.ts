@@ -246,6 +246,16 @@ describe('hostile and broken checkpoints are refused by name', () => {
     expect(tensors.get('w')).toEqual({ dtype: 'F32', shape: [2, 3], data: new Float32Array([0, 1, 2, 3, 4, 5]) });
   });
 
+  test('memory is bounded by a count of values, whatever the opcodes', () => {
+    // A dict given 1.5 million entries {i: {}}: 4 bytes per entry, two new values each.
+    const count = 1_500_000;
+    const bytes = new Uint8Array(3 + 4 * count + 1);
+    bytes.set([0x80, 2, 0x7d]);
+    for (let i = 0; i < count; i++) bytes.set([0x4b, i & 0xff, 0x7d, 0x73], 3 + 4 * i);
+    bytes[3 + 4 * count] = 0x2e;
+    expect(() => unpickle(bytes, 'inline', () => null)).toThrow(/more than 2000000 values/);
+  });
+
   test('a "__proto__" key stays a key: nothing reaches a prototype', () => {
     // {'__proto__': 1, 'a': 2} as protocol 2: EMPTY_DICT MARK 'X'..'__proto__' K 1 'X'..'a' K 2 SETITEMS STOP
     const key = (text: string) => [0x58, text.length, 0, 0, 0, ...Buffer.from(text)];
