@@ -16,6 +16,10 @@ import { readPytorchCheckpoint } from '../compiler/pytorch.js';
 import { unpickle, type PickleValue } from '../compiler/pickle.js';
 import { CxcError } from '../compiler/errors.js';
 import { loadModelSource } from '../compiler/build.js';
+import { parseModelConfig } from '../compiler/config.js';
+import { bindCheckpoint, releaseWhenPacked } from '../compiler/checkpoint.js';
+import { packWeights } from '../compiler/layout.js';
+import { TARGETS } from '../compiler/targets.js';
 import { withFile } from '../compiler/random-access.js';
 import { readZipDirectory, readZipEntry } from '../compiler/zip.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
@@ -129,6 +133,18 @@ describe('safetensors read tensor by tensor', () => {
     const huge = Uint8Array.from(whole);
     new DataView(huge.buffer).setBigUint64(0, 2n ** 40n, true);
     expect(refusal(huge)).toThrow(/over the 100000000-byte limit/);
+  });
+
+  test('packing that releases each group once packed gives the same weights, and a released group cannot be read again', () => {
+    const path = goldenPath('models', 'v2-micro', 'model.safetensors');
+    const spec = parseModelConfig(JSON.parse(readFileSync(goldenPath('models', 'v2-micro', 'config.json'), 'utf8')), 'v2-micro');
+    const plain = packWeights(spec, TARGETS.wasm.packing, bindCheckpoint(spec, readSafetensorsFile(path), path));
+    const checkpoint = bindCheckpoint(spec, readSafetensorsFile(path), path);
+    const released = packWeights(spec, TARGETS.wasm.packing, checkpoint, releaseWhenPacked(checkpoint));
+    expect(Buffer.from(released.data.buffer).equals(Buffer.from(plain.data.buffer))).toBe(true);
+    expect(() => checkpoint.stages[1].blocks[0].dwconvWeight).toThrow(/stages\.1\.blocks\.0 read after they were packed and released/);
+    expect(() => checkpoint.stages[2].downsample!.convWeight).toThrow(/stages\.2\.downsample read after/);
+    expect(checkpoint.stem.convWeight.length).toBeGreaterThan(0);
   });
 
   test('sharded safetensors through model.safetensors.index.json', () => {
