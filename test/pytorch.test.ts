@@ -325,6 +325,30 @@ describe('fuzz: the pickle and zip readers give a result or a CxcError, nothing 
     );
   });
 
+  test('mutated safetensors: the tensor-by-tensor reader agrees with the whole-file reader', () => {
+    // A valid small file: the first few tensors of micro, rewritten.
+    const tensors = [...readGolden('models', 'micro', 'model.safetensors')].slice(0, 4);
+    const small = writeSafetensors(tensors.map(([n, t]) => [n, { shape: t.shape, data: t.data }]));
+    const path = join(work, 'fuzz.safetensors');
+    const outcome = (run: () => Map<string, TensorEntry>) => {
+      try {
+        return [...run()].map(([n, t]) => `${n}:${t.dtype}:${t.shape}:${bytesOf(t).toString('base64')}`).join('|');
+      } catch (error) {
+        if (!(error instanceof CxcError)) throw error;
+        return `error: ${error.message.replace(/^[^:]*: /, '')}`;
+      }
+    };
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(small.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.nat(small.length), (edits, cut) => {
+        const bytes = Uint8Array.from(small.subarray(0, Math.max(0, cut)));
+        for (const [at, value] of edits) if (at < bytes.length) bytes[at] = value;
+        writeFileSync(path, bytes);
+        expect(outcome(() => readSafetensorsFile(path))).toBe(outcome(() => readSafetensors(bytes, path)));
+      }),
+      { numRuns: 400, seed: 20_261_133 },
+    );
+  });
+
   test('mutated zip files', () => {
     const small = readFileSync(fixture('hostile', 'small-valid.bin'));
     const path = join(work, 'fuzz.bin');
