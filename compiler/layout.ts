@@ -114,9 +114,9 @@ export function paddedChannels(channels: number, packing: Packing): number {
 
 /**
  * Lays out (and, given a checkpoint, packs) every weight the kernels read.
- * The same function produces both, so offsets and data cannot disagree.
+ * The same function produces both, so offsets and data cannot disagree. `onGroup` is told each
+ * group's key as packing reaches it (the groups before it are then packed).
  */
-/** `onGroup` is told each group's key as packing reaches it (the groups before it are then packed). */
 export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights, onGroup?: (key: string) => void): WeightLayout & { data?: Float32Array } {
   const sizing = new LayoutWriter(packing);
   const sized = writeAll(spec, sizing);

@@ -46,9 +46,11 @@ export interface PickleLimits {
   maxMemo: number;
   /** Open MARKs at once. */
   maxMarks: number;
+  /** Values created in all (a state dict makes about 15 per tensor): bounds memory whatever the opcodes. */
+  maxValues: number;
 }
 
-export const DEFAULT_PICKLE_LIMITS: PickleLimits = { maxDepth: 64, maxStack: 1_000_000, maxMemo: 1_000_000, maxMarks: 64 };
+export const DEFAULT_PICKLE_LIMITS: PickleLimits = { maxDepth: 64, maxStack: 1_000_000, maxMemo: 1_000_000, maxMarks: 64, maxValues: 2_000_000 };
 
 type Container = PickleDict | PickleList | PickleTuple;
 const MARK = Symbol('mark');
@@ -235,7 +237,11 @@ class Unpickler {
 
   // --- the stack ----------------------------------------------------------------------------
 
-  private push(value: PickleValue): void { this.stack.push(value); }
+  private created = 0;
+  private push(value: PickleValue): void {
+    if (++this.created > this.limits.maxValues) this.fail(`more than ${this.limits.maxValues} values (a state dict of ${Math.floor(this.limits.maxValues / 15)} tensors needs fewer)`);
+    this.stack.push(value);
+  }
   private mark(): void {
     if (this.marks.length >= this.limits.maxMarks) this.fail(`more than ${this.limits.maxMarks} open MARKs (nested too deeply)`);
     this.marks.push(this.stack.length);
@@ -266,7 +272,7 @@ class Unpickler {
   }
   private get(index: number): void {
     if (!this.memo.has(index)) this.fail(`memo index ${index} was never stored`);
-    this.push(this.memo.get(index)!);
+    this.stack.push(this.memo.get(index)!); // a reference to an existing value: nothing new is made
   }
 
   // --- containers ---------------------------------------------------------------------------

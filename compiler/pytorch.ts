@@ -12,8 +12,8 @@ import { STORAGE_DTYPES, describeValue, unpickle, type PickleValue, type Storage
 import { RandomAccessFile, withFile } from './random-access.js';
 import { entryDataOffset, readZipDirectory, readZipEntry, type ZipEntry } from './zip.js';
 
-/** data.pkl past this is refused unread: a state dict's pickle is a few hundred KB. */
-const MAX_PICKLE_BYTES = 256 * 2 ** 20;
+/** data.pkl past this is refused unread: a state dict's pickle is about 200 bytes per tensor (V2-huge: 60 KB). */
+const MAX_PICKLE_BYTES = 64 * 2 ** 20;
 const ZIP_MAGIC = 0x04034b50;
 
 const RESAVE_HINT =

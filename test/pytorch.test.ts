@@ -15,6 +15,10 @@ import { readPytorchCheckpoint } from '../compiler/pytorch.js';
 import { unpickle, type PickleValue } from '../compiler/pickle.js';
 import { CxcError } from '../compiler/errors.js';
 import { loadModelSource } from '../compiler/build.js';
+import { parseModelConfig } from '../compiler/config.js';
+import { bindCheckpoint, releaseWhenPacked } from '../compiler/checkpoint.js';
+import { packWeights } from '../compiler/layout.js';
+import { TARGETS } from '../compiler/targets.js';
 import { withFile } from '../compiler/random-access.js';
 import { readZipDirectory, readZipEntry } from '../compiler/zip.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
@@ -112,6 +116,18 @@ describe('safetensors read tensor by tensor', () => {
     const huge = Uint8Array.from(whole);
     new DataView(huge.buffer).setBigUint64(0, 2n ** 40n, true);
     expect(refusal(huge)).toThrow(/over the 100000000-byte limit/);
+  });
+
+  test('packing that releases each group once packed gives the same weights, and a released group cannot be read again', () => {
+    const path = goldenPath('models', 'v2-micro', 'model.safetensors');
+    const spec = parseModelConfig(JSON.parse(readFileSync(goldenPath('models', 'v2-micro', 'config.json'), 'utf8')), 'v2-micro');
+    const plain = packWeights(spec, TARGETS.wasm.packing, bindCheckpoint(spec, readSafetensorsFile(path), path));
+    const checkpoint = bindCheckpoint(spec, readSafetensorsFile(path), path);
+    const released = packWeights(spec, TARGETS.wasm.packing, checkpoint, releaseWhenPacked(checkpoint));
+    expect(Buffer.from(released.data.buffer).equals(Buffer.from(plain.data.buffer))).toBe(true);
+    expect(() => checkpoint.stages[1].blocks[0].dwconvWeight).toThrow(/stages\.1\.blocks\.0 read after they were packed and released/);
+    expect(() => checkpoint.stages[2].downsample!.convWeight).toThrow(/stages\.2\.downsample read after/);
+    expect(checkpoint.stem.convWeight.length).toBeGreaterThan(0);
   });
 
   test('sharded safetensors through model.safetensors.index.json', () => {
@@ -229,6 +245,16 @@ describe('hostile and broken checkpoints are refused by name', () => {
     expect(tensors.get('w')).toEqual({ dtype: 'F32', shape: [2, 3], data: new Float32Array([0, 1, 2, 3, 4, 5]) });
   });
 
+  test('memory is bounded by a count of values, whatever the opcodes', () => {
+    // A dict given 1.5 million entries {i: {}}: 4 bytes per entry, two new values each.
+    const count = 1_500_000;
+    const bytes = new Uint8Array(3 + 4 * count + 1);
+    bytes.set([0x80, 2, 0x7d]);
+    for (let i = 0; i < count; i++) bytes.set([0x4b, i & 0xff, 0x7d, 0x73], 3 + 4 * i);
+    bytes[3 + 4 * count] = 0x2e;
+    expect(() => unpickle(bytes, 'inline', () => null)).toThrow(/more than 2000000 values/);
+  });
+
   test('a "__proto__" key stays a key: nothing reaches a prototype', () => {
     // {'__proto__': 1, 'a': 2} as protocol 2: EMPTY_DICT MARK 'X'..'__proto__' K 1 'X'..'a' K 2 SETITEMS STOP
     const key = (text: string) => [0x58, text.length, 0, 0, 0, ...Buffer.from(text)];
@@ -279,6 +305,30 @@ describe('fuzz: the pickle and zip readers give a result or a CxcError, nothing 
         expectResultOrCxcError(() => unpickle(new Uint8Array(stream), 'fuzz', storage));
       }),
       { numRuns: RUNS, seed: 20_261_131 },
+    );
+  });
+
+  test('mutated safetensors: the tensor-by-tensor reader agrees with the whole-file reader', () => {
+    // A valid small file: the first few tensors of micro, rewritten.
+    const tensors = [...readGolden('models', 'micro', 'model.safetensors')].slice(0, 4);
+    const small = writeSafetensors(tensors.map(([n, t]) => [n, { shape: t.shape, data: t.data }]));
+    const path = join(work, 'fuzz.safetensors');
+    const outcome = (run: () => Map<string, TensorEntry>) => {
+      try {
+        return [...run()].map(([n, t]) => `${n}:${t.dtype}:${t.shape}:${bytesOf(t).toString('base64')}`).join('|');
+      } catch (error) {
+        if (!(error instanceof CxcError)) throw error;
+        return `error: ${error.message.replace(/^[^:]*: /, '')}`;
+      }
+    };
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(small.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.nat(small.length), (edits, cut) => {
+        const bytes = Uint8Array.from(small.subarray(0, Math.max(0, cut)));
+        for (const [at, value] of edits) if (at < bytes.length) bytes[at] = value;
+        writeFileSync(path, bytes);
+        expect(outcome(() => readSafetensorsFile(path))).toBe(outcome(() => readSafetensors(bytes, path)));
+      }),
+      { numRuns: 400, seed: 20_261_133 },
     );
   });
 
