@@ -30,8 +30,8 @@ import type { Activation } from '../runtime/types.js';
  */
 export const WEBGPU_PACKING: Packing = { channelAlign: 4, panelWidth: 0 };
 
-/** Weight windows start on 64-float (256-byte) boundaries: the largest minStorageBufferOffsetAlignment. */
-const WEIGHT_WINDOW_ALIGN = 64;
+/** Weight windows start on 256-byte boundaries (the largest minStorageBufferOffsetAlignment): 64 floats, or 128 halves. */
+const WEIGHT_WINDOW_BYTES = 256;
 /** WebGPU's default limits, which every adapter has: kernels stay within them. */
 const MAX_WORKGROUP = 256;
 const MAX_WORKGROUP_STORAGE = 16384;
@@ -49,15 +49,35 @@ const MLP_BLOCK_ROWS = 8;
 
 const QUAD = [0, 1, 2, 3];
 
-export function renderWebGpu(plan: KernelPlan, layout: WeightLayout): WebGpuProgram {
+export type WebGpuPrecision = 'f32' | 'f16';
+
+export interface WebGpuRenderOptions {
+  /**
+   * 'f16' adds a second program beside the float32 one (the runtime picks it where the adapter has
+   * shader-f16): weights, the normalized block input, V2's GRN hidden activations and the MLP's
+   * hidden tile stored as f16; every mean, variance, GRN norm and GEMM accumulation in f32, and the
+   * residual stream in f32. Default 'f32': the float32 program only.
+   */
+  precision?: WebGpuPrecision;
+}
+
+export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: WebGpuRenderOptions = {}): WebGpuProgram {
   const { packing } = layout;
   if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
     throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
   }
-  const builder = new ProgramBuilder(plan, layout);
+  const program = renderProgram(plan, layout, 'f32');
+  return options.precision === 'f16' ? { ...program, f16: renderProgram(plan, layout, 'f16') } : program;
+}
+
+function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpuPrecision): WebGpuProgram {
+  const builder = new ProgramBuilder(plan, layout, precision);
   plan.steps.forEach((step, index) => builder.addStep(step, index));
   return builder.finish();
 }
+
+/** Activation buffers an f16 program stores as f16 (the residual stream a/b stays f32). */
+const HALF_BUFFERS: WebGpuBufferName[] = ['normed', 'grnHidden'];
 
 /** Largest divisor of n that is at most max. */
 function largestDivisorAtMost(n: number, max: number): number {
@@ -73,7 +93,10 @@ class ProgramBuilder {
   private readonly buffers: Record<Exclude<WebGpuBufferName, 'input'>, WebGpuBufferSize>;
   private readonly common = renderTemplate('wgsl/common.wgsl.hbs', {});
 
-  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout) {
+  private readonly half: boolean;
+
+  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout, private readonly precision: WebGpuPrecision) {
+    this.half = precision === 'f16';
     const levels = plan.levels.length;
     const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
     this.buffers = { a: empty(), b: empty(), normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
@@ -92,7 +115,9 @@ class ProgramBuilder {
       patchSize: spec.patchSize,
       levels: this.plan.levels.length,
       weightFloats: this.layout.floats,
-      requiredFeatures: [],
+      precision: this.precision,
+      halfBuffers: this.half ? HALF_BUFFERS : [],
+      requiredFeatures: this.half ? ['shader-f16'] : [],
     };
   }
 
@@ -129,8 +154,10 @@ class ProgramBuilder {
 
   /** The bound window of a weight group and the group's start inside it (in vec4s). */
   private weights(group: WeightGroup): { resource: WebGpuResource; weightBase: number } {
-    const start = Math.floor(group.offset / WEIGHT_WINDOW_ALIGN) * WEIGHT_WINDOW_ALIGN;
+    const align = WEIGHT_WINDOW_BYTES / (this.half ? 2 : 4);
+    const start = Math.floor(group.offset / align) * align;
     const end = Math.max(...Object.values(group.fields).map((f) => f.offset + f.length));
+    if ((end - start) % 4 !== 0) throw new Error(`internal: weight group ${group.key} does not end on a vec4`);
     return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (group.offset - start) / 4 };
   }
 
@@ -138,7 +165,9 @@ class ProgramBuilder {
     if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
-    const code = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, label, common: this.common, workgroupSize, quad: QUAD });
+    const types = { half: this.half, weightType: this.precision, halfType: this.precision };
+    const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
+    const code = this.half ? `enable f16;\n${rendered}` : rendered;
     const existing = this.shaderIndex.get(code);
     if (existing !== undefined) return existing;
     this.shaders.push({ label, code, workgroupSize, workgroupStorageBytes, storageBuffers });
@@ -225,10 +254,11 @@ class ProgramBuilder {
     const dst = step.dst as WebGpuBufferName;
     const common = { step: index, level: step.level, inLevel: null, weightBase: weights.weightBase };
 
+    if (src === dst) throw new Error(`internal: block ${name} reads and writes the same buffer`);
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
       channels4, realChannels: step.channels.real, eps: step.eps, fields,
       window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
-    }, SIMPLE_WORKGROUP, 0, 3);
+    }, SIMPLE_WORKGROUP, 0, this.half ? 4 : 3);
     this.usePerPixel('normed', step.level, step.channels.padded);
     this.usePerPixel(dst as 'a' | 'b', step.level, step.channels.padded);
     this.kernel({
@@ -239,6 +269,8 @@ class ProgramBuilder {
         { binding: 1, resource: weights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: src } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'normed' } },
+        // f16: the raw convolution goes to the (still free) block output, in f32.
+        ...(this.half ? [{ binding: 4, resource: { kind: 'buffer', buffer: dst } as WebGpuResource }] : []),
       ],
     });
 
@@ -247,7 +279,7 @@ class ProgramBuilder {
       const mlp = this.mlpShape(channels4, hidden4);
       const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
         channels4, hidden4, fields, activationCode, ...mlp,
-      }, mlp.workgroupSize, mlp.tileVec4s * 16, 4);
+      }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 4);
       this.kernel({
         ...common, label: `${name}: MLP`, shader,
         grid: { unit: 'pixels', perWorkgroup: mlp.tilePixels, columnTiles: 1 },
