@@ -9,7 +9,8 @@
  *   downsample  -> downsample (LayerNorm + 2x2 conv)
  *   block       -> block-dwconv (7x7 depthwise + LayerNorm, into `normed`), then
  *                  block-mlp (pw1 + act + pw2 + residual, hidden kept in workgroup memory), or for
- *                  ConvNeXt V2: grn-expand (pw1 + act) -> grn-reduce (GRN statistics) -> grn-project (pw2 + residual)
+ *                  ConvNeXt V2: grn-expand (pw1 + act) -> grn-squares (sums of squares over pixel slices)
+ *                  -> grn-reduce (GRN statistics per image) -> grn-project (pw2 + residual)
  *   output      -> output (NHWC -> NCHW copy)
  *   featureMap  -> feature-map (LayerNorm with affine -> NCHW)
  *   pool        -> pool (mean + LayerNorm)
@@ -44,6 +45,8 @@ const MATMUL_TILE_PIXELS = 16;
 const MATMUL_MAX_COLUMNS4 = 16;
 /** Fused MLP: candidate pixels per workgroup, largest (most weight reuse) first. */
 const MLP_TILE_PIXELS = [32, 16, 8];
+/** Interleaved pixel slices of each image the GRN sums of squares are split into (one workgroup row each). */
+const GRN_SLICES = 16;
 /** Pixels per register block of the fused MLP (tile sizes are multiples of it). */
 const MLP_BLOCK_ROWS = 8;
 
@@ -99,7 +102,7 @@ class ProgramBuilder {
     this.half = precision === 'f16';
     const levels = plan.levels.length;
     const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
-    this.buffers = { a: empty(), b: empty(), normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
+    this.buffers = { a: empty(), b: empty(), normed: empty(), grnHidden: empty(), grnPartial: empty(), grnScale: empty(), pooled: empty() };
   }
 
   finish(): WebGpuProgram {
@@ -311,8 +314,24 @@ class ProgramBuilder {
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
       ],
     });
+    // GRN statistics in two kernels: sums of squares over pixel slices (GRN_SLICES x channel tiles
+    // workgroups per image), then the per-image norm, mean and scale from the slices.
+    this.usePerImage('grnPartial', GRN_SLICES * step.hidden.padded);
+    const channelTiles = Math.ceil(hidden4 / SIMPLE_WORKGROUP);
+    const squares = this.shader(`stage ${step.stage} block: GRN sums of squares (${step.hidden.real} channels)`, 'grn-squares', {
+      hidden4, slices: GRN_SLICES, channelTiles,
+    }, SIMPLE_WORKGROUP, 0, 2);
+    this.kernel({
+      ...common, weightBase: 0, label: `${name}: GRN sums of squares`, shader: squares,
+      grid: { unit: 'images', perWorkgroup: 1, columnTiles: GRN_SLICES * channelTiles },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
+      ],
+    });
     const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
-      hidden4, hiddenReal: step.hidden.real, fields,
+      hidden4, hiddenReal: step.hidden.real, slices: GRN_SLICES, fields,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
     this.kernel({
       ...common, label: `${name}: GRN statistics`, shader: reduce,
@@ -320,7 +339,7 @@ class ProgramBuilder {
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
         { binding: 1, resource: weights.resource },
-        { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
       ],
     });

@@ -7,7 +7,8 @@
  * Resources, all made once:
  *   - weights: uploaded at load, in as few buffers as the device's maxBufferSize allows; each
  *     kernel binds only its own weight group (a window starting on a 256-byte boundary);
- *   - pipelines: one per distinct WGSL source, created with createComputePipelineAsync at load;
+ *   - pipelines: one per distinct WGSL source, created with createComputePipelineAsync at load and
+ *     dispatched once there on the smallest input (some drivers compile at first dispatch);
  *   - activations: a fixed set of buffers (ping-pong a/b, the normalized block input, GRN
  *     scratch, the pooled vector, all outputs in one buffer) sized for the input shape of the
  *     run and reused until a larger shape needs them grown.
@@ -20,7 +21,7 @@ import { floatsToHalves } from './half.js';
 // ---- the program: compiled data, baked into generated modules as JSON ---------------------------
 
 /** Activation buffers. `input` is the NCHW image batch; the rest are sized from WebGpuProgram.buffers. */
-export type WebGpuBufferName = 'input' | 'a' | 'b' | 'normed' | 'grnHidden' | 'grnScale' | 'pooled';
+export type WebGpuBufferName = 'input' | 'a' | 'b' | 'normed' | 'grnHidden' | 'grnPartial' | 'grnScale' | 'pooled';
 
 /** How many floats a buffer needs: batch x max over levels of (pixels x floatsPerPixel[level]) + batch x floatsPerImage. */
 export interface WebGpuBufferSize {
@@ -436,13 +437,29 @@ class WebGpuBackendImpl implements Backend {
       if (memory) throw new WebGpuError('limit', `cxc: out of GPU memory uploading ${mib(weights.byteLength)} of weights (${memory.message}); ${USE_WASM}`);
       if (validation) throw new WebGpuError('gpu-error', `cxc: uploading the weights failed: ${validation.message}`);
       const pipelines = await compilePipelines(device, program);
-      return new WebGpuBackendImpl(manifest, program, acquired, pipelines, chunks, bindings, paramsBuffer);
+      const backend = new WebGpuBackendImpl(manifest, program, acquired, pipelines, chunks, bindings, paramsBuffer);
+      try {
+        await backend.warmUp();
+      } catch (error) {
+        backend.dispose();
+        throw error;
+      }
+      return backend;
     } catch (error) {
       // A caller's device outlives this failure: give back what was made on it.
       for (const chunk of chunks) chunk.buffer?.destroy();
       paramsBuffer.destroy();
       throw error;
     }
+  }
+
+  /**
+   * Dispatches every kernel once on the smallest input, inside load(): drivers that compile a
+   * pipeline only at its first dispatch (Mesa's lavapipe) do it here, not in the first real run.
+   */
+  private async warmUp(): Promise<void> {
+    const size = this.manifest.minInputSize;
+    await this.runNow(new Float32Array(this.program.inputChannels * size * size), 1, size, size, true);
   }
 
   run(input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean): Promise<RawOutputs> {
