@@ -13,7 +13,8 @@ export async function goldenInput(goldenPath, batch) {
   const input = new Float32Array(batch * image);
   for (let b = 0; b < batch; b++) input.set(pixels.data.subarray((b % goldenBatch) * image, (b % goldenBatch + 1) * image), b * image);
   const labels = goldenLogits.length / goldenBatch;
-  function checkLogits(name, logits) {
+  /** max |logits - golden|; throws past `bar` x max(1, max|golden|) (float32: 1e-4; f16 modes declare their own). */
+  function checkLogits(name, logits, bar = 1e-4) {
     let maxError = 0;
     let maxGolden = 0;
     for (let i = 0; i < batch * labels; i++) {
@@ -21,7 +22,7 @@ export async function goldenInput(goldenPath, batch) {
       maxError = Math.max(maxError, Math.abs(logits[i] - g));
       maxGolden = Math.max(maxGolden, Math.abs(g));
     }
-    if (!(maxError <= 1e-4 * Math.max(1, maxGolden))) throw new Error(`${name}: logits off the golden by ${maxError}; refusing to time wrong work`);
+    if (!(maxError <= bar * Math.max(1, maxGolden))) throw new Error(`${name}: logits off the golden by ${maxError}; refusing to time wrong work`);
     return maxError;
   }
   return { input, channels, height, width, checkLogits };

@@ -79,6 +79,8 @@ export interface CompileOptions extends ModelSource {
   target: TargetName;
   /** How weights.bin stores the weights: float32 (default) or float16, half the size. */
   weightsDtype?: 'f32' | 'f16';
+  /** WebGPU compute precision: 'f16' also ships f16 kernels, run where the adapter has shader-f16 (default 'f32'). */
+  precision?: 'f32' | 'f16';
   /** npm package name of the output (default: derived from the folder name and target). */
   packageName?: string;
   packageVersion?: string;
@@ -120,7 +122,10 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   const layout = packed?.layout ?? layoutWeights(spec, target.packing);
   const plan = planModel(spec, layout);
   progress(2);
-  const rendered = await target.render(plan, layout);
+  if (options.precision === 'f16' && options.target !== 'webgpu') {
+    throw new CxcError(`--precision f16 is for --target webgpu (the ${options.target} target computes in f32)`);
+  }
+  const rendered = await target.render(plan, layout, { precision: options.precision });
   progress(3);
 
   const name = options.packageName ?? packageNameFor(loaded.baseName, options.target);

@@ -123,6 +123,7 @@ program
   .option('--processor <file>', 'preprocessor_config.json given separately (default: the one in the model folder, else 224 crop, bicubic, ImageNet mean/std)')
   .option('--package <name[@version]>', 'npm package name and version (default: <folder>-<target>@1.0.0); with --all-variants a template where {name} is <folder>-<target>, e.g. @acme/{name}@2.0.0')
   .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
+  .addOption(new Option('--precision <precision>', 'WebGPU kernels: f32, or f16 (also ships f16 kernels with f32 statistics, run where the adapter has shader-f16)').choices(['f32', 'f16']).default('f32'))
   .option('--force', 'replace a non-empty output folder that cxc did not make', false)
   .action(async (input: string | undefined, options: BuildCommandOptions) => {
     const { BUILD_STAGES, compileModel, packageNameFor, validatePackageName, validatePackageVersion, writePackage } = await compiler();
@@ -147,7 +148,7 @@ program
     try {
       built = await compileModel({
         input: model.path, target: options.target, weights: options.weights, processor: options.processor, packageName: packageName ?? hubPackageName, packageVersion,
-        weightsDtype: options.weightsDtype, onProgress: ({ stage, step }) => bar.update(step / steps, stage),
+        weightsDtype: options.weightsDtype, precision: options.precision, onProgress: ({ stage, step }) => bar.update(step / steps, stage),
       });
       bar.update(BUILD_STAGES.length / steps, 'writing the package');
       writePackage(options.out, built.files, options.force);
@@ -172,6 +173,7 @@ interface BuildCommandOptions {
   package?: string;
   force: boolean;
   weightsDtype: 'f32' | 'f16';
+  precision: 'f32' | 'f16';
 }
 
 /** `cxc build --all-variants DIR -o ROOT`: a line per package as it is built, failures at the end; exit 1 if any failed. */

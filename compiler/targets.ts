@@ -16,9 +16,14 @@ export interface RenderedTarget {
   assets: Record<string, { file: string; data: string | Uint8Array }>;
 }
 
+export interface RenderOptions {
+  /** WebGPU: 'f16' adds f16 kernels the runtime picks where the adapter has shader-f16. */
+  precision?: 'f32' | 'f16';
+}
+
 export interface Target {
   packing: Packing;
-  render(plan: KernelPlan, layout: WeightLayout): Promise<RenderedTarget>;
+  render(plan: KernelPlan, layout: WeightLayout, options?: RenderOptions): Promise<RenderedTarget>;
 }
 
 export const TARGETS: Record<TargetName, Target> = {
@@ -41,8 +46,8 @@ export const TARGETS: Record<TargetName, Target> = {
   },
   webgpu: {
     packing: WEBGPU_PACKING,
-    async render(plan, layout) {
-      const program = renderWebGpu(plan, layout);
+    async render(plan, layout, options = {}) {
+      const program = renderWebGpu(plan, layout, { precision: options.precision });
       return { program, assets: {} };
     },
   },

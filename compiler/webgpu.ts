@@ -9,7 +9,8 @@
  *   downsample  -> downsample (LayerNorm + 2x2 conv)
  *   block       -> block-dwconv (7x7 depthwise + LayerNorm, into `normed`), then
  *                  block-mlp (pw1 + act + pw2 + residual, hidden kept in workgroup memory), or for
- *                  ConvNeXt V2: grn-expand (pw1 + act) -> grn-reduce (GRN statistics) -> grn-project (pw2 + residual)
+ *                  ConvNeXt V2: grn-expand (pw1 + act) -> grn-squares (sums of squares over pixel slices)
+ *                  -> grn-reduce (GRN statistics per image) -> grn-project (pw2 + residual)
  *   output      -> output (NHWC -> NCHW copy)
  *   featureMap  -> feature-map (LayerNorm with affine -> NCHW)
  *   pool        -> pool (mean + LayerNorm)
@@ -30,8 +31,8 @@ import type { Activation } from '../runtime/types.js';
  */
 export const WEBGPU_PACKING: Packing = { channelAlign: 4, panelWidth: 0 };
 
-/** Weight windows start on 64-float (256-byte) boundaries: the largest minStorageBufferOffsetAlignment. */
-const WEIGHT_WINDOW_ALIGN = 64;
+/** Weight windows start on 256-byte boundaries (the largest minStorageBufferOffsetAlignment): 64 floats, or 128 halves. */
+const WEIGHT_WINDOW_BYTES = 256;
 /** WebGPU's default limits, which every adapter has: kernels stay within them. */
 const MAX_WORKGROUP = 256;
 const MAX_WORKGROUP_STORAGE = 16384;
@@ -44,20 +45,42 @@ const MATMUL_TILE_PIXELS = 16;
 const MATMUL_MAX_COLUMNS4 = 16;
 /** Fused MLP: candidate pixels per workgroup, largest (most weight reuse) first. */
 const MLP_TILE_PIXELS = [32, 16, 8];
+/** Interleaved pixel slices of each image the GRN sums of squares are split into (one workgroup row each). */
+const GRN_SLICES = 16;
 /** Pixels per register block of the fused MLP (tile sizes are multiples of it). */
 const MLP_BLOCK_ROWS = 8;
 
 const QUAD = [0, 1, 2, 3];
 
-export function renderWebGpu(plan: KernelPlan, layout: WeightLayout): WebGpuProgram {
+export type WebGpuPrecision = 'f32' | 'f16';
+
+export interface WebGpuRenderOptions {
+  /**
+   * 'f16' adds a second program beside the float32 one (the runtime picks it where the adapter has
+   * shader-f16): weights, the normalized block input, V2's GRN hidden activations and the MLP's
+   * hidden tile stored as f16; every mean, variance, GRN norm and GEMM accumulation in f32, and the
+   * residual stream in f32. Default 'f32': the float32 program only.
+   */
+  precision?: WebGpuPrecision;
+}
+
+export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: WebGpuRenderOptions = {}): WebGpuProgram {
   const { packing } = layout;
   if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
     throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
   }
-  const builder = new ProgramBuilder(plan, layout);
+  const program = renderProgram(plan, layout, 'f32');
+  return options.precision === 'f16' ? { ...program, f16: renderProgram(plan, layout, 'f16') } : program;
+}
+
+function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpuPrecision): WebGpuProgram {
+  const builder = new ProgramBuilder(plan, layout, precision);
   plan.steps.forEach((step, index) => builder.addStep(step, index));
   return builder.finish();
 }
+
+/** Activation buffers an f16 program stores as f16 (the residual stream act0, act1, ... stays f32). */
+const HALF_BUFFERS: WebGpuBufferName[] = ['normed', 'grnHidden'];
 
 /** Largest divisor of n that is at most max. */
 function largestDivisorAtMost(n: number, max: number): number {
@@ -73,11 +96,14 @@ class ProgramBuilder {
   private readonly buffers: Record<Exclude<WebGpuBufferName, 'input'>, WebGpuBufferSize>;
   private readonly common = renderTemplate('wgsl/common.wgsl.hbs', {});
 
-  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout) {
+  private readonly half: boolean;
+
+  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout, private readonly precision: WebGpuPrecision) {
+    this.half = precision === 'f16';
     const levels = plan.levels.length;
     const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
     const activations = Object.fromEntries(plan.activationBuffers.map((buffer) => [buffer.name, empty()]));
-    this.buffers = { ...activations, normed: empty(), grnHidden: empty(), grnScale: empty(), pooled: empty() };
+    this.buffers = { ...activations, normed: empty(), grnHidden: empty(), grnPartial: empty(), grnScale: empty(), pooled: empty() };
   }
 
   finish(): WebGpuProgram {
@@ -93,7 +119,9 @@ class ProgramBuilder {
       patchSize: spec.patchSize,
       levels: this.plan.levels.length,
       weightFloats: this.layout.floats,
-      requiredFeatures: [],
+      precision: this.precision,
+      halfBuffers: this.half ? HALF_BUFFERS : [],
+      requiredFeatures: this.half ? ['shader-f16'] : [],
     };
   }
 
@@ -126,8 +154,10 @@ class ProgramBuilder {
       return [name, field] as const;
     });
     const base = Math.min(...chosen.map(([, f]) => f.offset));
-    const start = Math.floor(base / WEIGHT_WINDOW_ALIGN) * WEIGHT_WINDOW_ALIGN;
+    const align = WEIGHT_WINDOW_BYTES / (this.half ? 2 : 4);
+    const start = Math.floor(base / align) * align;
     const end = Math.max(...chosen.map(([, f]) => f.offset + f.length));
+    if ((end - start) % 4 !== 0) throw new Error(`internal: weight window of ${group.key} does not end on a vec4`);
     const fields = Object.fromEntries(chosen.map(([name, f]) => [name, (f.offset - base) / 4]));
     return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (base - start) / 4, fields };
   }
@@ -136,7 +166,9 @@ class ProgramBuilder {
     if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
-    const code = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, label, common: this.common, workgroupSize, quad: QUAD });
+    const types = { half: this.half, weightType: this.precision, halfType: this.precision };
+    const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
+    const code = this.half ? `enable f16;\n${rendered}` : rendered;
     const existing = this.shaderIndex.get(code);
     if (existing !== undefined) return existing;
     this.shaders.push({ label, code, workgroupSize, workgroupStorageBytes, storageBuffers });
@@ -225,10 +257,11 @@ class ProgramBuilder {
     const dst = step.dst;
     const common = { step: index, level: step.level, inLevel: null };
 
+    if (src === dst) throw new Error(`internal: block ${name} reads and writes the same buffer`);
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
       channels4, realChannels: step.channels.real, eps: step.eps, fields: dwWeights.fields,
       window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
-    }, SIMPLE_WORKGROUP, 0, 3);
+    }, SIMPLE_WORKGROUP, 0, this.half ? 4 : 3);
     this.usePerPixel('normed', step.level, step.channels.padded);
     this.usePerPixel(dst, step.level, step.channels.padded);
     this.kernel({
@@ -239,6 +272,8 @@ class ProgramBuilder {
         { binding: 1, resource: dwWeights.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: src } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'normed' } },
+        // f16: the raw convolution goes to the (still free) block output, in f32.
+        ...(this.half ? [{ binding: 4, resource: { kind: 'buffer', buffer: dst } as WebGpuResource }] : []),
       ],
     });
 
@@ -247,7 +282,7 @@ class ProgramBuilder {
       const mlp = this.mlpShape(channels4, hidden4);
       const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
         channels4, hidden4, fields: { ...pw1Weights.fields, ...pw2Weights.fields }, activationCode, ...mlp,
-      }, mlp.workgroupSize, mlp.tileVec4s * 16, 5);
+      }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5);
       // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
       this.kernel({
         ...common, label: `${name}: MLP`, shader, weightBase: pw1Weights.weightBase, weightBase2: pw2Weights.weightBase,
@@ -281,9 +316,25 @@ class ProgramBuilder {
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
       ],
     });
+    // GRN statistics in two kernels: sums of squares over pixel slices (GRN_SLICES x channel tiles
+    // workgroups per image), then the per-image norm, mean and scale from the slices.
+    this.usePerImage('grnPartial', GRN_SLICES * step.hidden.padded);
+    const channelTiles = Math.ceil(hidden4 / SIMPLE_WORKGROUP);
+    const squares = this.shader(`stage ${step.stage} block: GRN sums of squares (${step.hidden.real} channels)`, 'grn-squares', {
+      hidden4, slices: GRN_SLICES, channelTiles,
+    }, SIMPLE_WORKGROUP, 0, 2);
+    this.kernel({
+      ...common, weightBase: 0, label: `${name}: GRN sums of squares`, shader: squares,
+      grid: { unit: 'images', perWorkgroup: 1, columnTiles: GRN_SLICES * channelTiles },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
+      ],
+    });
     const grnWeights = this.weights(group, ['grnGamma']);
     const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
-      hidden4, hiddenReal: step.hidden.real, fields: grnWeights.fields,
+      hidden4, hiddenReal: step.hidden.real, slices: GRN_SLICES, fields: grnWeights.fields,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
     this.kernel({
       ...common, label: `${name}: GRN statistics`, shader: reduce, weightBase: grnWeights.weightBase,
@@ -291,7 +342,7 @@ class ProgramBuilder {
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
         { binding: 1, resource: grnWeights.resource },
-        { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
       ],
     });

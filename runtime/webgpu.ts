@@ -7,19 +7,21 @@
  * Resources, all made once:
  *   - weights: uploaded at load, in as few buffers as the device's maxBufferSize allows; each
  *     kernel binds only its own weight group (a window starting on a 256-byte boundary);
- *   - pipelines: one per distinct WGSL source, created with createComputePipelineAsync at load;
- *   - activations: a fixed set of buffers (ping-pong a/b, the normalized block input, GRN
+ *   - pipelines: one per distinct WGSL source, created with createComputePipelineAsync at load and
+ *     dispatched once there on the smallest input (some drivers compile at first dispatch);
+ *   - activations: a fixed set of buffers (the plan's act0, act1, ..., the normalized block input, GRN
  *     scratch, the pooled vector, all outputs in one buffer) sized for the input shape of the
  *     run and reused until a larger shape needs them grown.
  * A run writes the input and the per-dispatch parameters, encodes every dispatch in one compute
  * pass and one command encoder, copies the outputs to a staging buffer, submits once and maps it.
  */
 import type { ActivationBufferName, Backend, ModelManifest, RawOutputs } from './types.js';
+import { floatsToHalves } from './half.js';
 
 // ---- the program: compiled data, baked into generated modules as JSON ---------------------------
 
 /** Activation buffers. `input` is the NCHW image batch; the rest are sized from WebGpuProgram.buffers. */
-export type WebGpuBufferName = 'input' | ActivationBufferName | 'normed' | 'grnHidden' | 'grnScale' | 'pooled';
+export type WebGpuBufferName = 'input' | ActivationBufferName | 'normed' | 'grnHidden' | 'grnPartial' | 'grnScale' | 'pooled';
 
 /** How many floats a buffer needs: batch x max over levels of (pixels x floatsPerPixel[level]) + batch x floatsPerImage. */
 export interface WebGpuBufferSize {
@@ -99,8 +101,14 @@ export interface WebGpuProgram {
   levels: number;
   /** Floats the weights file must hold. */
   weightFloats: number;
-  /** Adapter features the kernels need (none in f32 mode). */
+  /** 'f16': weights and `halfBuffers` hold f16 (statistics and accumulations stay f32). */
+  precision: 'f32' | 'f16';
+  /** Activation buffers stored as f16 (2 bytes per float); the rest hold f32. */
+  halfBuffers: WebGpuBufferName[];
+  /** Adapter features the kernels need (none in f32 mode; shader-f16 in f16 mode). */
   requiredFeatures: string[];
+  /** A build with --precision f16 carries its f16 program here; load() runs it where the adapter has shader-f16. */
+  f16?: WebGpuProgram;
 }
 
 // ---- errors ---------------------------------------------------------------------------------------
@@ -144,10 +152,38 @@ const mib = (bytes: number) => `${(bytes / MIB).toFixed(bytes < 10 * MIB ? 2 : 0
 const alignUp = (value: number, multiple: number) => Math.ceil(value / multiple) * multiple;
 
 export interface WebGpuBackendOptions {
-  /** A device of your own. It is not destroyed by dispose(). */
+  /**
+   * A device of your own. It is not destroyed by dispose(). In Node, keep the object that made it
+   * (`create([])` of the `webgpu` package) alive as long as the device, or pass it as `gpu` too.
+   */
   device?: GPUDevice;
-  /** Where to get an adapter when no device is given (default: navigator.gpu). */
+  /** Where to get an adapter when no device is given (default: navigator.gpu). Kept alive as long as the device. */
   gpu?: GPU;
+  /**
+   * Which kernels run. Default: f16 where the package was built with `--precision f16` and the
+   * adapter has shader-f16, else f32. 'f32' always works; 'f16' fails where it cannot run.
+   */
+  precision?: 'f32' | 'f16';
+}
+
+// ---- lifetimes ------------------------------------------------------------------------------------
+
+/**
+ * What a device depends on but does not keep reachable from JavaScript: the GPU entry point and
+ * the adapter. Dawn's Node bindings (npm `webgpu`) free the native instance when the `create([])`
+ * object is garbage-collected, even while a device made from it still runs; the device then uses
+ * freed memory (hangs in InstanceBase::ProcessEvents, aborts, segfaults). A backend holds its
+ * anchor for its whole life, and this set holds it on until the device is lost (dispose() destroys
+ * it), so it outlives the device in Node and in browsers alike.
+ */
+interface DeviceAnchor { gpu?: GPU; adapter?: GPUAdapter }
+const anchoredUntilLost = new Set<DeviceAnchor>();
+
+function anchorUntilLost(device: GPUDevice, anchor: DeviceAnchor): void {
+  if (!anchor.gpu && !anchor.adapter) return;
+  anchoredUntilLost.add(anchor);
+  const release = () => { anchoredUntilLost.delete(anchor); };
+  device.lost.then(release, release);
 }
 
 // ---- load -----------------------------------------------------------------------------------------
@@ -162,14 +198,46 @@ export async function createWebGpuBackend(
   if (weights.length < program.weightFloats) {
     throw new Error(`cxc: the weights hold ${weights.length} floats, ${manifest.name} needs ${program.weightFloats}`);
   }
-  const needs = programNeeds(program);
-  const { device, ownsDevice, description } = await acquireDevice(program, needs, options);
+  const acquired = await acquireDevice(program, options);
+  anchorUntilLost(acquired.device, acquired.anchor);
   try {
-    return await WebGpuBackendImpl.create(manifest, program, weights, device, ownsDevice, description);
+    return await WebGpuBackendImpl.create(manifest, acquired.program, weights, acquired);
   } catch (error) {
-    if (ownsDevice) device.destroy();
+    if (acquired.ownsDevice) acquired.device.destroy();
     throw error;
   }
+}
+
+// ---- precision ------------------------------------------------------------------------------------
+
+const F16_NOTE = 'f16 (statistics and accumulation in f32)';
+
+/** The programs a load may run, best first, as the options allow. */
+function programChoices(program: WebGpuProgram, options: WebGpuBackendOptions): WebGpuProgram[] {
+  if (options.precision !== undefined && options.precision !== 'f32' && options.precision !== 'f16') {
+    throw new TypeError(`cxc: precision must be 'f32' or 'f16', got ${JSON.stringify(options.precision)}`);
+  }
+  if (options.precision === 'f32') return [program];
+  if (options.precision === 'f16') {
+    if (!program.f16) throw new WebGpuError('missing-feature', "cxc: this package has no f16 kernels: build it with `cxc build --precision f16`, or load it with { precision: 'f32' }");
+    return [program.f16];
+  }
+  return program.f16 ? [program.f16, program] : [program];
+}
+
+/** The first program whose features the adapter (or device) has, and how to describe the choice. */
+function chooseProgram(choices: WebGpuProgram[], features: ReadonlySet<string>, what: string): { program: WebGpuProgram; precision: string } {
+  const runnable = choices.find((p) => p.requiredFeatures.every((f) => features.has(f)));
+  if (!runnable) {
+    const missing = choices[0].requiredFeatures.filter((f) => !features.has(f));
+    throw new WebGpuError(
+      'missing-feature',
+      `cxc: this ${what} lacks the feature(s) ${missing.join(', ')} the f16 kernels need: load with { precision: 'f32' } (the CLI: \`cxc build --precision f32\`), or ${USE_WASM}`,
+    );
+  }
+  const fellBack = runnable !== choices[0];
+  const precision = runnable.precision === 'f16' ? F16_NOTE : fellBack ? `f32 (no ${choices[0].requiredFeatures.join(', ')} on this ${what})` : 'f32';
+  return { program: runnable, precision };
 }
 
 interface ProgramNeeds {
@@ -221,21 +289,23 @@ function describeAdapter(info: GPUAdapterInfo | undefined): string {
   return parts.length > 0 ? `WebGPU (${parts.join(', ')})` : 'WebGPU';
 }
 
-async function acquireDevice(
-  program: WebGpuProgram,
-  needs: ProgramNeeds,
-  options: WebGpuBackendOptions,
-): Promise<{ device: GPUDevice; ownsDevice: boolean; description: string }> {
-  const features = program.requiredFeatures as GPUFeatureName[];
+interface AcquiredDevice {
+  /** The program chosen for this device (f16 or f32). */
+  program: WebGpuProgram;
+  device: GPUDevice;
+  ownsDevice: boolean;
+  description: string;
+  anchor: DeviceAnchor;
+}
+
+async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions): Promise<AcquiredDevice> {
+  const choices = programChoices(built, options);
   if (options.device) {
     const device = options.device;
-    const missing = features.filter((f) => !device.features.has(f));
-    if (missing.length > 0) {
-      throw new WebGpuError('missing-feature', `cxc: the given GPUDevice lacks the feature(s) ${missing.join(', ')} this build needs; request them when creating the device, or ${USE_WASM}`);
-    }
-    checkLimits(device.limits, needs, 'given GPUDevice');
+    const { program, precision } = chooseProgram(choices, device.features as ReadonlySet<string>, 'GPUDevice (request shader-f16 when creating it)');
+    checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
     const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
-    return { device, ownsDevice: false, description: `${describeAdapter(info)}, f32, caller's device` };
+    return { program, device, ownsDevice: false, description: `${describeAdapter(info)}, ${precision}, caller's device`, anchor: { gpu: options.gpu } };
   }
 
   const gpu = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
@@ -259,10 +329,9 @@ async function acquireDevice(
         `disabled in this browser; ${USE_WASM}`,
     );
   }
-  const missing = features.filter((f) => !adapter.features.has(f));
-  if (missing.length > 0) {
-    throw new WebGpuError('missing-feature', `cxc: this GPU adapter lacks the feature(s) ${missing.join(', ')} this build needs (rebuild with --precision f32, or ${USE_WASM})`);
-  }
+  const { program, precision } = chooseProgram(choices, adapter.features as ReadonlySet<string>, 'GPU adapter');
+  const needs = programNeeds(program);
+  const features = program.requiredFeatures as GPUFeatureName[];
   checkLimits(adapter.limits, needs, 'GPU adapter');
   // Ask for the adapter's largest buffers, so that big inputs fit where the hardware allows it;
   // the kernel-shape limits only as high as the program needs.
@@ -280,7 +349,7 @@ async function acquireDevice(
   } catch (error) {
     throw new WebGpuError('no-adapter', `cxc: the WebGPU adapter refused to create a device (${(error as Error)?.message ?? error}); ${USE_WASM}`, { cause: error });
   }
-  return { device, ownsDevice: true, description: `${describeAdapter(adapter.info)}, f32` };
+  return { program, device, ownsDevice: true, description: `${describeAdapter(adapter.info)}, ${precision}`, anchor: { gpu, adapter } };
 }
 
 // ---- the backend ----------------------------------------------------------------------------------
@@ -315,17 +384,23 @@ class WebGpuBackendImpl implements Backend {
   /** Rejects when the device is lost; every wait on the GPU races against it, so no run can hang. */
   private readonly lostSignal: Promise<never>;
 
+  private readonly device: GPUDevice;
+  private readonly ownsDevice: boolean;
+  readonly description: string;
+  /** The GPU entry point and adapter the device was made from: held for this backend's whole life. */
+  private readonly anchor: DeviceAnchor;
+
   private constructor(
     private readonly manifest: ModelManifest,
     private readonly program: WebGpuProgram,
-    private readonly device: GPUDevice,
-    private readonly ownsDevice: boolean,
-    readonly description: string,
+    acquired: AcquiredDevice,
     private readonly pipelines: GPUComputePipeline[],
     private readonly weightChunks: WeightChunk[],
     private readonly weightBindings: Map<string, WeightBinding>,
     private readonly paramsBuffer: GPUBuffer,
   ) {
+    ({ device: this.device, ownsDevice: this.ownsDevice, description: this.description, anchor: this.anchor } = acquired);
+    const { device } = this;
     this.lostSignal = device.lost.then((info) => {
       this.lost = this.disposed
         ? new WebGpuError('disposed', 'cxc: this model was disposed; call load() again')
@@ -339,13 +414,20 @@ class WebGpuBackendImpl implements Backend {
     manifest: ModelManifest,
     program: WebGpuProgram,
     weights: Float32Array,
-    device: GPUDevice,
-    ownsDevice: boolean,
-    description: string,
+    acquired: AcquiredDevice,
   ): Promise<WebGpuBackendImpl> {
+    const { device } = acquired;
     device.pushErrorScope('out-of-memory');
     device.pushErrorScope('validation');
-    const { chunks, bindings } = uploadWeights(device, program, weights);
+    let uploaded: ReturnType<typeof uploadWeights>;
+    try {
+      uploaded = uploadWeights(device, program, weights);
+    } catch (error) {
+      void device.popErrorScope().catch(() => undefined);
+      void device.popErrorScope().catch(() => undefined);
+      throw error;
+    }
+    const { chunks, bindings } = uploaded;
     const paramsBuffer = device.createBuffer({
       label: 'cxc params',
       size: Math.max(1, program.kernels.length) * PARAMS_STRIDE,
@@ -357,13 +439,29 @@ class WebGpuBackendImpl implements Backend {
       if (memory) throw new WebGpuError('limit', `cxc: out of GPU memory uploading ${mib(weights.byteLength)} of weights (${memory.message}); ${USE_WASM}`);
       if (validation) throw new WebGpuError('gpu-error', `cxc: uploading the weights failed: ${validation.message}`);
       const pipelines = await compilePipelines(device, program);
-      return new WebGpuBackendImpl(manifest, program, device, ownsDevice, description, pipelines, chunks, bindings, paramsBuffer);
+      const backend = new WebGpuBackendImpl(manifest, program, acquired, pipelines, chunks, bindings, paramsBuffer);
+      try {
+        await backend.warmUp();
+      } catch (error) {
+        backend.dispose();
+        throw error;
+      }
+      return backend;
     } catch (error) {
       // A caller's device outlives this failure: give back what was made on it.
       for (const chunk of chunks) chunk.buffer?.destroy();
       paramsBuffer.destroy();
       throw error;
     }
+  }
+
+  /**
+   * Dispatches every kernel once on the smallest input, inside load(): drivers that compile a
+   * pipeline only at its first dispatch (Mesa's lavapipe) do it here, not in the first real run.
+   */
+  private async warmUp(): Promise<void> {
+    const size = this.manifest.minInputSize;
+    await this.runNow(new Float32Array(this.program.inputChannels * size * size), 1, size, size, true);
   }
 
   run(input: Float32Array, batch: number, height: number, width: number, withHiddenStates: boolean): Promise<RawOutputs> {
@@ -480,7 +578,7 @@ class WebGpuBackendImpl implements Backend {
         if (perPixel > 0) floats = Math.max(floats, batch * shape.levels[level].height * shape.levels[level].width * perPixel);
       });
       floats += batch * size.floatsPerImage;
-      if (floats > 0) sizes.set(name, floats * 4);
+      if (floats > 0) sizes.set(name, floats * (program.halfBuffers.includes(name) ? 2 : 4));
     }
     const outputOffsets = new Map<string, number>();
     let outputFloats = 0;
@@ -585,7 +683,8 @@ export function planWeightChunks(program: WebGpuProgram, maxBufferBytes: number)
     for (const { resource } of kernel.bindings) if (resource.kind === 'weights') windows.set(weightKey(resource), resource);
   }
   const sorted = [...windows.values()].sort((a, b) => a.offset - b.offset);
-  const chunkFloats = Math.floor(maxBufferBytes / 4);
+  const bytesPerWeight = program.precision === 'f16' ? 2 : 4;
+  const chunkFloats = Math.floor(maxBufferBytes / bytesPerWeight);
   const chunks: WeightChunk[] = [];
   const bindings = new Map<string, WeightBinding>();
   for (const window of sorted) {
@@ -595,7 +694,7 @@ export function planWeightChunks(program: WebGpuProgram, maxBufferBytes: number)
       chunks.push(chunk);
     }
     chunk.end = Math.max(chunk.end, window.offset + window.floats);
-    bindings.set(weightKey(window), { chunk: chunks.length - 1, byteOffset: (window.offset - chunk.start) * 4, bytes: window.floats * 4 });
+    bindings.set(weightKey(window), { chunk: chunks.length - 1, byteOffset: (window.offset - chunk.start) * bytesPerWeight, bytes: window.floats * bytesPerWeight });
   }
   return { chunks, bindings };
 }
@@ -603,10 +702,19 @@ export function planWeightChunks(program: WebGpuProgram, maxBufferBytes: number)
 /** Uploads the weights in the buffers planWeightChunks chose. */
 function uploadWeights(device: GPUDevice, program: WebGpuProgram, weights: Float32Array): { chunks: WeightChunk[]; bindings: Map<string, WeightBinding> } {
   const { chunks, bindings } = planWeightChunks(program, device.limits.maxBufferSize);
+  const bytesPerWeight = program.precision === 'f16' ? 2 : 4;
   for (const [i, chunk] of chunks.entries()) {
-    const bytes = alignUp((chunk.end - chunk.start) * 4, 16);
+    const bytes = alignUp((chunk.end - chunk.start) * bytesPerWeight, 16);
     chunk.buffer = device.createBuffer({ label: `cxc weights ${i}`, size: bytes, usage: BUFFER_STORAGE | BUFFER_COPY_DST, mappedAtCreation: true });
-    new Float32Array(chunk.buffer.getMappedRange()).set(weights.subarray(chunk.start, chunk.end));
+    const source = weights.subarray(chunk.start, chunk.end);
+    if (bytesPerWeight === 4) new Float32Array(chunk.buffer.getMappedRange()).set(source);
+    else {
+      const outOfRange = floatsToHalves(source, new Uint16Array(chunk.buffer.getMappedRange()));
+      if (outOfRange >= 0) {
+        for (const made of chunks) made.buffer?.destroy();
+        throw new WebGpuError('limit', `cxc: weight ${source[outOfRange]} (packed index ${chunk.start + outOfRange}) is outside the f16 range; load with { precision: 'f32' }`);
+      }
+    }
     chunk.buffer.unmap();
   }
   return { chunks, bindings };

@@ -30,6 +30,7 @@ describe('cxc CLI', () => {
     expect(help.code).toBe(0);
     for (const command of ['build', 'weights', 'run', 'preprocess', 'classify', 'check']) expect(help.stdout).toContain(command);
     expect((await cxc('build', '--help')).stdout).toMatch(/--target <target>.*default: "wasm"/s);
+    expect((await cxc('build', '--help')).stdout).toMatch(/--precision <precision>.*choices: "f32", "f16"/s);
     expect((await cxc('--version')).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   });
 
@@ -144,21 +145,16 @@ describe('cxc CLI', () => {
     expectUserError((await cxc('build', micro, '-o', notOurs)), /not empty and was not made by cxc/);
     expect(readFileSync(join(notOurs, 'precious.txt'), 'utf8')).toBe('keep me');
     expectUserError((await cxc('build', micro, '--target', 'tpu', '-o', join(work, 'o4'))), /Allowed choices are wasm, webgpu/);
+    expectUserError((await cxc('build', micro, '--precision', 'f16', '-o', join(work, 'o6'))), /--precision f16 is for --target webgpu/);
     expectUserError((await cxc('run', out, '--input', goldenPath('models', 'micro', 'config.json'), '--output', join(work, 'o5'))), /not a valid safetensors file/);
   });
 });
 
 describe('cxc CLI, WebGPU target', () => {
   test('check runs a WebGPU build on Dawn (SwiftShader here) within the golden bar', async () => {
-    const check = () => cxc('check', goldenPath('models', 'v2-micro'), '--target', 'webgpu', '--json');
-    let result = await check();
-    // Dawn + SwiftShader has, once in a full parallel run, aborted in its own threads with glibc's
-    // "futex facility returned an unexpected error code" (not reproducible alone). That native
-    // crash, and only it, gets one more try, said out loud; any other failure fails here.
-    if (result.code === null && /futex facility returned an unexpected error code/.test(result.stderr)) {
-      console.warn(`[cli webgpu] Dawn/SwiftShader aborted (${result.stderr.trim()}); running the check once more`);
-      result = await check();
-    }
+    // No retry: the aborts once seen here were Dawn's instance collected under a live device, now
+    // held by the backend (test/webgpu-stress.test.ts runs every case many times on two drivers).
+    const result = await cxc('check', goldenPath('models', 'v2-micro'), '--target', 'webgpu', '--json');
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(result.stdout.trim().split('\n').pop()!);
     expect(report.failed).toBe(0);

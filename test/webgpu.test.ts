@@ -2,141 +2,29 @@
  * The WebGPU target on a real WebGPU implementation: Dawn (npm `webgpu`) on SwiftShader, the CPU
  * Vulkan driver Debian's chromium ships (see ../shared/docs/webgpu-on-cpu.md). Every golden case,
  * every output (hidden states too) within 1e-4 * max(1, max |golden|), plus the backend's errors.
+ * test/webgpu-lavapipe.test.ts runs the same golden cases on Mesa's lavapipe.
  */
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { countParameters, parseModelConfig, type ModelSpec } from '../compiler/config.js';
-import { readSafetensors, type TensorEntry } from '../compiler/safetensors.js';
+import { parseModelConfig, type ModelSpec } from '../compiler/config.js';
+import type { TensorEntry } from '../compiler/safetensors.js';
 import { bindCheckpoint, expectedTensors, type CheckpointWeights } from '../compiler/checkpoint.js';
 import { packWeights } from '../compiler/layout.js';
 import { planModel } from '../compiler/plan.js';
 import { renderWebGpu, WEBGPU_PACKING } from '../compiler/webgpu.js';
-import { nodeGpu } from '../compiler/node-gpu.js';
-import { checksum32 } from '../runtime/checksum.js';
-import { createWebGpuBackend, WebGpuError, type WebGpuProgram } from '../runtime/webgpu.js';
-import type { Backend, ModelManifest, RawOutputs } from '../runtime/types.js';
-import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
+import { createWebGpuBackend, WebGpuError } from '../runtime/webgpu.js';
+import type { Backend, ModelManifest } from '../runtime/types.js';
+import { compare, floats, readGolden } from './helpers/golden.js';
+import { buildGoldenProgram as build, checkOutputs, describeGoldenCases, gpuOn, imageSlice, type Built } from './helpers/webgpu-golden.js';
 
 let gpu: GPU;
 let adapter: GPUAdapter;
 
 beforeAll(async () => {
   // Dawn on SwiftShader (compiler/node-gpu.ts points Vulkan at chromium's ICD).
-  gpu = await nodeGpu();
-  const found = await gpu.requestAdapter();
-  if (!found) throw new Error('Dawn found no adapter: install chromium and libvulkan1 (apt-get install chromium libvulkan1)');
-  adapter = found;
+  ({ gpu, adapter } = await gpuOn('swiftshader'));
 });
 
-interface Built {
-  manifest: ModelManifest;
-  program: WebGpuProgram;
-  weights: Float32Array;
-}
-
-/** The compiler pipeline up to the WebGPU program, for a golden checkpoint folder. */
-function build(caseName: string): Built {
-  const dir = goldenPath('models', caseName);
-  const tensors = readSafetensors(new Uint8Array(readFileSync(`${dir}/model.safetensors`)), `${dir}/model.safetensors`);
-  const spec = parseModelConfig(JSON.parse(readFileSync(`${dir}/config.json`, 'utf8')), `${dir}/config.json`, { tensorNames: tensors.keys() });
-  const checkpoint = bindCheckpoint(spec, tensors, `${dir}/model.safetensors`);
-  const packed = packWeights(spec, WEBGPU_PACKING, checkpoint);
-  const plan = planModel(spec, packed.layout);
-  const program = renderWebGpu(plan, packed.layout);
-  // The fields the backend reads; the rest as a build would fill them.
-  const manifest: ModelManifest = {
-    name: `${caseName.replace('/', '-')}-webgpu`, target: 'webgpu', architecture: spec.architecture, parameters: countParameters(spec), modelType: spec.modelType,
-    head: spec.head, numChannels: spec.numChannels, patchSize: spec.patchSize, hiddenSizes: spec.hiddenSizes, depths: spec.depths,
-    hiddenAct: spec.hiddenAct, layerNormEps: spec.layerNormEps, imageSize: spec.imageSize, numLabels: spec.numLabels,
-    labels: spec.labels, label2id: spec.label2id, problemType: spec.problemType, outFeatures: spec.outFeatures, preprocess: undefined as unknown as ModelManifest['preprocess'],
-    minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps,
-    weights: { file: 'weights.bin', dtype: 'f32', floats: packed.layout.floats, checksum: checksum32(packed.data) },
-  };
-  // The program is baked into modules as JSON: prove it survives the round trip.
-  return { manifest, program: JSON.parse(JSON.stringify(program)) as WebGpuProgram, weights: packed.data };
-}
-
-function imageSlice(data: Float32Array, shape: number[], count: number): Float32Array {
-  const perImage = shape.slice(1).reduce((a, b) => a * b, 1);
-  return data.subarray(0, count * perImage);
-}
-
-/** Compares every output against the golden tensors; returns "name: error / tolerance" lines. */
-function checkOutputs(outputs: RawOutputs, golden: Map<string, TensorEntry>, goldenName: (name: string) => string, images: number): string[] {
-  const report: string[] = [];
-  for (const [name, output] of outputs) {
-    const key = goldenName(name);
-    const expected = golden.get(key);
-    expect(expected, `golden ${key}`).toBeDefined();
-    expect(output.shape, name).toEqual([images, ...expected!.shape.slice(1)]);
-    const { maxError, tolerance } = compare(output.data, imageSlice(floats(expected, key), expected!.shape, images));
-    report.push(`${name}: ${maxError.toExponential(2)} (bar ${tolerance.toExponential(2)})`);
-    expect(maxError, `${name} max |error|`).toBeLessThanOrEqual(tolerance);
-  }
-  return report;
-}
-
-interface GoldenCase {
-  name: string;
-  /** Golden file folder (the backbone's goldens live beside the classification model's). */
-  goldenFolder: string;
-  goldenName: (output: string) => string;
-  expectedOutputs: string[];
-  /** Run only the first N images of the golden batch (the full batch when absent). */
-  images?: number;
-  timeoutMs: number;
-}
-
-const hidden = (n: number) => Array.from({ length: n }, (_, i) => `hidden_states.${i}`);
-const CASES: GoldenCase[] = [
-  { name: 'micro', goldenFolder: 'micro', goldenName: (n) => n, expectedOutputs: [...hidden(5), 'last_hidden_state', 'pooler_output', 'logits'], timeoutMs: 120_000 },
-  {
-    name: 'micro/backbone', goldenFolder: 'micro',
-    // The backbone shares micro's trunk weights: its hidden states are micro's.
-    goldenName: (n) => (n.startsWith('feature_maps.') ? `backbone.${n}` : n),
-    expectedOutputs: [...hidden(5), 'last_hidden_state', 'feature_maps.0', 'feature_maps.1', 'feature_maps.2', 'feature_maps.3'],
-    timeoutMs: 120_000,
-  },
-  { name: 'small-bf16', goldenFolder: 'small-bf16', goldenName: (n) => n, expectedOutputs: [...hidden(5), 'last_hidden_state', 'pooler_output', 'logits'], timeoutMs: 180_000 },
-  { name: 'v2-micro', goldenFolder: 'v2-micro', goldenName: (n) => n, expectedOutputs: [...hidden(5), 'last_hidden_state', 'pooler_output', 'logits'], timeoutMs: 120_000 },
-  // The full ConvNeXt-T at 224x224: its golden has no hidden states.
-  {
-    name: 'convnext-tiny-224', goldenFolder: 'convnext-tiny-224', goldenName: (n) => n,
-    expectedOutputs: ['last_hidden_state', 'pooler_output', 'logits'],
-    images: process.env.CXC_WEBGPU_TINY_BATCH ? Number(process.env.CXC_WEBGPU_TINY_BATCH) : undefined,
-    timeoutMs: 900_000,
-  },
-];
-
-describe('WebGPU target on Dawn + SwiftShader: golden cases', () => {
-  for (const testCase of CASES) {
-    test(testCase.name, { timeout: testCase.timeoutMs }, async () => {
-      const built = build(testCase.name);
-      const golden = readGolden('models', testCase.goldenFolder, 'golden.safetensors');
-      const pixels = golden.get('pixel_values')!;
-      const [batch, , height, width] = pixels.shape;
-      const images = testCase.images ?? batch;
-
-      const loadStart = performance.now();
-      const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu });
-      const loadMs = performance.now() - loadStart;
-      try {
-        const runStart = performance.now();
-        const withHidden = testCase.expectedOutputs.some((n) => n.startsWith('hidden_states.'));
-        const outputs = await backend.run(imageSlice(floats(pixels), pixels.shape, images), images, height, width, withHidden);
-        const runMs = performance.now() - runStart;
-        expect([...outputs.keys()].sort()).toEqual([...testCase.expectedOutputs].sort());
-        const report = checkOutputs(outputs, golden, testCase.goldenName, images);
-        console.log(
-          `[webgpu] ${testCase.name}: batch ${images} at ${height}x${width}, load ${loadMs.toFixed(0)} ms ` +
-            `(${built.program.shaders.length} pipelines), run ${runMs.toFixed(0)} ms on ${backend.description}\n  ${report.join('\n  ')}`,
-        );
-      } finally {
-        backend.dispose();
-      }
-    });
-  }
-});
+describeGoldenCases('swiftshader', () => gpu);
 
 describe('WebGPU backend behaviour', () => {
   let micro: Built;
@@ -220,6 +108,25 @@ describe('WebGPU backend errors', () => {
     const error = await rejection(createWebGpuBackend(micro.manifest, program, micro.weights, { gpu }));
     expect(error.code).toBe('missing-feature');
     expect(error.message).toMatch(/shader-f16/);
+  });
+
+  test('an f16 build on an adapter without shader-f16 runs f32 and says why; forcing f16 names flags that exist', async () => {
+    const f16 = build('micro', { precision: 'f16' });
+    expect(f16.program.f16).toBeDefined();
+    const backend = await createWebGpuBackend(f16.manifest, f16.program, f16.weights, { gpu });
+    try {
+      expect(backend.description).toMatch(/, f32 \(no shader-f16 on this GPU adapter\)$/);
+    } finally {
+      backend.dispose();
+    }
+    const error = await rejection(createWebGpuBackend(f16.manifest, f16.program, f16.weights, { gpu, precision: 'f16' }));
+    expect(error.code).toBe('missing-feature');
+    expect(error.message).toMatch(/shader-f16/);
+    // The flags it suggests exist: load({ precision }) above, and cxc build --precision (test/cli.test.ts).
+    expect(error.message).toContain("{ precision: 'f32' }");
+    expect(error.message).toContain('cxc build --precision f32');
+    const f32Only = await rejection(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, precision: 'f16' }));
+    expect(f32Only.message).toMatch(/build it with `cxc build --precision f16`/);
   });
 
   test('a shader that does not compile reports the compiler\'s messages', async () => {
