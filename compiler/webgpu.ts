@@ -19,6 +19,8 @@
 import type { Packing, WeightGroup, WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
+import { activationEntry, activationPartial } from './activations.js';
+import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
 import type {
   WebGpuBufferName, WebGpuBufferSize, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
 } from '../runtime/webgpu.js';
@@ -51,6 +53,8 @@ const GRN_SLICES = 16;
 const MLP_BLOCK_ROWS = 8;
 
 const QUAD = [0, 1, 2, 3];
+/** Constants every template may use: they have one source, in config.ts. */
+const TEMPLATE_CONSTANTS = { dwKernel: DWCONV_KERNEL, dwPadding: DWCONV_PADDING, grnEps: GRN_EPS };
 
 export type WebGpuPrecision = 'f32' | 'f16';
 
@@ -167,7 +171,7 @@ class ProgramBuilder {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
     const types = { half: this.half, weightType: this.precision, halfType: this.precision };
-    const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
+    const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...TEMPLATE_CONSTANTS, ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
     const code = this.half ? `enable f16;\n${rendered}` : rendered;
     const existing = this.shaderIndex.get(code);
     if (existing !== undefined) return existing;
@@ -190,11 +194,10 @@ class ProgramBuilder {
   }
 
   private activationCode(activation: Activation): string {
+    const { formula, uses } = activationEntry(activation);
     return renderTemplate('wgsl/activation.wgsl.hbs', {
-      activation,
-      needsErfc: ['gelu', 'gelu_python', 'gelu_10', 'laplace'].includes(activation),
-      needsTanh: ['gelu_new', 'gelu_pytorch_tanh', 'gelu_accurate', 'gelu_fast', 'mish', 'tanh'].includes(activation),
-      needsSigmoid: ['quick_gelu', 'sigmoid', 'silu', 'swish'].includes(activation),
+      activation, formula, activationPartial: activationPartial(activation, 'wgsl'),
+      needsErfc: uses.includes('erf'), needsTanh: uses.includes('tanh'), needsSigmoid: uses.includes('sigmoid'),
     });
   }
 
@@ -260,7 +263,8 @@ class ProgramBuilder {
     if (src === dst) throw new Error(`internal: block ${name} reads and writes the same buffer`);
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
       channels4, realChannels: step.channels.real, eps: step.eps, fields: dwWeights.fields,
-      window: Array.from({ length: 10 }, (_, i) => i), taps: Array.from({ length: 7 }, (_, i) => i),
+      // the input pixels a run of 4 outputs reads in one kernel row, and the taps of that row
+      window: Array.from({ length: QUAD.length + DWCONV_KERNEL - 1 }, (_, i) => i), taps: Array.from({ length: DWCONV_KERNEL }, (_, i) => i),
     }, SIMPLE_WORKGROUP, 0, this.half ? 4 : 3);
     this.usePerPixel('normed', step.level, step.channels.padded);
     this.usePerPixel(dst, step.level, step.channels.padded);
