@@ -10,7 +10,7 @@
  * - The server itself: isolation headers, MIME types, and no way out of its folders.
  *
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -18,12 +18,12 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { buildPackage, CLI_PATH } from './helpers/cli.js';
 import { decodeImageFile } from '../compiler/image.js';
 import type { ConvNextModel } from '../runtime/model.js';
 import { floats, goldenPath, readGolden } from './helpers/golden.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'dist', 'compiler', 'cli.js');
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const PHOTO = goldenPath('preprocess', 'chelsea.png');
@@ -48,17 +48,12 @@ async function launch(webgpu: boolean): Promise<Browser> {
   return browser;
 }
 
-function build(input: string, target: string, out: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, 'build', input, '--target', target, '-o', out], { timeout: 300_000 }, (error, _stdout, stderr) =>
-      error ? reject(new Error(`cxc build ${input} --target ${target} failed: ${stderr}`)) : resolve());
-  });
-}
+const build = (input: string, target: 'wasm' | 'webgpu', out: string) => buildPackage(input, out, target);
 
 /** Starts `cxc serve` on a free port and returns its URL, read from its first line. */
 function serve(packages: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    server = spawn(process.execPath, [CLI, 'serve', ...packages, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    server = spawn(process.execPath, [CLI_PATH, 'serve', ...packages, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     server.stdout!.on('data', (chunk) => {

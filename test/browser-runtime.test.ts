@@ -15,21 +15,20 @@
  *   pixels; a translucent PNG keeps its exact unpremultiplied colours.
  * Packages are built by the compiled CLI (dist/), as a user builds them. One browser launch.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { extname, join, normalize, sep } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { PNG } from 'pngjs';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { buildPackage } from './helpers/cli.js';
 import type { ConvNextModel } from '../runtime/model.js';
 import { floats, goldenPath, readGolden } from './helpers/golden.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 const PREPROCESS_DIR = goldenPath('preprocess');
 
 const work = mkdtempSync(join(tmpdir(), 'cxc-browser-runtime-'));
@@ -174,12 +173,7 @@ function call<T>(page: Page, step: string, ...args: unknown[]): Promise<T> {
   return page.evaluate(`window.harness.${step}(${args.map((a) => JSON.stringify(a)).join(', ')})`) as Promise<T>;
 }
 
-function build(input: string, out: string, target = 'wasm'): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, 'build', input, '--target', target, '-o', out], { timeout: 300_000 }, (error, _stdout, stderr) =>
-      error ? reject(new Error(`cxc build ${input} failed: ${stderr}`)) : resolve());
-  });
-}
+const build = (input: string, out: string, target: 'wasm' | 'webgpu' = 'wasm') => buildPackage(input, out, target);
 
 /** /pkg/<name>/... the built packages, /golden/... the golden PNGs, / the page; cross-origin isolated. */
 function serve(): Promise<string> {

@@ -6,20 +6,18 @@
  *
  * The packages are built by the compiled CLI (dist/, from `npm run build`), as a user builds them.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { extname, join, normalize, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { buildPackage } from './helpers/cli.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CASES = ['micro', 'v2-micro'] as const;
-const CLI = fileURLToPath(new URL('../dist/compiler/cli.js', import.meta.url));
 
 const work = mkdtempSync(join(tmpdir(), 'cxc-webgpu-browser-'));
 let server: Server | undefined;
@@ -81,10 +79,7 @@ const HARNESS = `<!doctype html>
 
 describe('WebGPU target in headless chromium (SwiftShader)', () => {
   beforeAll(async () => {
-    if (!existsSync(CLI)) throw new Error('dist/compiler/cli.js is missing: run `npm run build` first');
-    for (const name of CASES) {
-      execFileSync(process.execPath, [CLI, 'build', goldenPath('models', name), '--target', 'webgpu', '--out', join(work, name)], { stdio: 'pipe' });
-    }
+    for (const name of CASES) await buildPackage(goldenPath('models', name), join(work, name), 'webgpu');
     writeFileSync(join(work, 'harness.html'), HARNESS);
     origin = await serve(work);
     browser = await puppeteer.launch({

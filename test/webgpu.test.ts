@@ -6,14 +6,16 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseModelConfig, type ModelSpec } from '../compiler/config.js';
+import type { CheckpointWeights } from '../compiler/checkpoint.js';
 import type { TensorEntry } from '../compiler/safetensors.js';
-import { bindCheckpoint, expectedTensors, type CheckpointWeights } from '../compiler/checkpoint.js';
 import { packWeights } from '../compiler/layout.js';
 import { planModel } from '../compiler/plan.js';
 import { renderWebGpu, WEBGPU_PACKING } from '../compiler/webgpu.js';
 import { createWebGpuBackend, WebGpuError } from '../runtime/webgpu.js';
 import type { Backend, ModelManifest } from '../runtime/types.js';
 import { compare, floats, readGolden } from './helpers/golden.js';
+import { referenceForward } from './helpers/reference.js';
+import { random, randomCheckpoint } from './helpers/random-checkpoint.js';
 import { buildGoldenProgram as build, checkOutputs, describeGoldenCases, gpuOn, imageSlice, type Built } from './helpers/webgpu-golden.js';
 
 let gpu: GPU;
@@ -167,8 +169,8 @@ describe('WebGPU backend errors', () => {
     expect(error.code).toBe('limit');
     expect(error.message).toMatch(/"input" buffer/);
     const outputs = await backend.run(tinyInput(2), 2, TINY_SIZE, TINY_SIZE, false);
-    const reference = referenceForward(tiny.spec, tiny.checkpoint, { c: 3, h: TINY_SIZE, w: TINY_SIZE, data: Float64Array.from(tinyInput(1)) });
-    const { maxError, tolerance } = compare(outputs.get('pooler_output')!.data.subarray(0, 8), new Float32Array(reference.get('pooler_output')!));
+    const reference = referenceForward(tiny.spec, tiny.checkpoint, tinyInput(1), 1, TINY_SIZE, TINY_SIZE);
+    const { maxError, tolerance } = compare(outputs.get('pooler_output')!.data.subarray(0, 8), Float32Array.from(reference.get('pooler_output')!.data));
     expect(maxError).toBeLessThanOrEqual(tolerance);
     backend.dispose();
     device.destroy();
@@ -204,32 +206,7 @@ describe('WebGPU backend errors', () => {
 // ---- synthetic configs against an independent float64 reference -------------------------------------
 // The goldens are all multiples of 4 channels, GELU, patch 4. These cover what they cannot: padding
 // lanes (odd channel counts), other activations, other patch sizes and input channels, odd sizes, and
-// the compile-time folds (the reference runs the unfolded checkpoint).
-
-/** Deterministic uniform numbers in [-1, 1). */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 2 ** 31 - 1;
-  };
-}
-
-/** A checkpoint of random, non-trivial weights for a spec (LayerNorm weights near 1, layer scales in [0.1, 1]). */
-function randomCheckpoint(spec: ModelSpec, seed: number): CheckpointWeights {
-  const next = random(seed);
-  const tensors = new Map<string, TensorEntry>();
-  for (const { name, shape } of expectedTensors(spec)) {
-    const count = shape.reduce((a, b) => a * b, 1);
-    const isNormWeight = /(layernorm|norms?\.[a-z0-9]+|downsampling_layer\.0)\.weight$/.test(name);
-    const value = isNormWeight ? () => 1 + 0.3 * next()
-      : name.endsWith('layer_scale_parameter') ? () => 0.55 + 0.45 * next()
-        : name.includes('grn.') ? () => 0.5 * next()
-          : () => next() * (name.endsWith('bias') ? 0.3 : 0.6);
-    tensors.set(name, { dtype: 'F32', shape, data: Float32Array.from({ length: count }, value) });
-  }
-  return bindCheckpoint(spec, tensors, 'synthetic');
-}
+// the compile-time folds (the reference, test/helpers/reference.ts, runs the unfolded checkpoint).
 
 /** The compiler pipeline for a config with random weights (no checkpoint folder needed). */
 function buildSynthetic(config: Record<string, unknown>, seed: number): Built & { spec: ModelSpec; checkpoint: CheckpointWeights } {
@@ -239,136 +216,6 @@ function buildSynthetic(config: Record<string, unknown>, seed: number): Built & 
   const plan = planModel(spec, packed.layout);
   const manifest = { name: 'synthetic', minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps } as ModelManifest;
   return { manifest, program: renderWebGpu(plan, packed.layout), weights: packed.data, spec, checkpoint };
-}
-
-/** erf in float64: Taylor series below 3, continued fraction for erfc above (error < 1e-13). */
-function erf(x: number): number {
-  const z = Math.abs(x);
-  if (z < 3) {
-    let term = z;
-    let sum = z;
-    for (let n = 1; n < 60; n++) {
-      term *= (-z * z) / n;
-      sum += term / (2 * n + 1);
-    }
-    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
-  }
-  let fraction = 0;
-  for (let k = 60; k >= 1; k--) fraction = (k / 2) / (z + fraction);
-  return Math.sign(x) * (1 - Math.exp(-z * z) / Math.sqrt(Math.PI) / (z + fraction));
-}
-
-const REFERENCE_ACTIVATIONS: Record<string, (x: number) => number> = {
-  gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
-  gelu_new: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3))),
-  silu: (x) => x / (1 + Math.exp(-x)),
-  relu: (x) => Math.max(x, 0),
-  quick_gelu: (x) => x / (1 + Math.exp(-1.702 * x)),
-  mish: (x) => x * Math.tanh(Math.log1p(Math.exp(x))),
-};
-
-/** One image's activation: [C][H][W] in float64. */
-interface Plane { c: number; h: number; w: number; data: Float64Array }
-
-function layerNorm(x: Plane, eps: number, weight?: Float32Array, bias?: Float32Array): Plane {
-  const out = new Float64Array(x.data.length);
-  const hw = x.h * x.w;
-  for (let p = 0; p < hw; p++) {
-    let mean = 0;
-    for (let c = 0; c < x.c; c++) mean += x.data[c * hw + p] / x.c;
-    let variance = 0;
-    for (let c = 0; c < x.c; c++) variance += (x.data[c * hw + p] - mean) ** 2 / x.c;
-    for (let c = 0; c < x.c; c++) {
-      const normalized = (x.data[c * hw + p] - mean) / Math.sqrt(variance + eps);
-      out[c * hw + p] = weight ? normalized * weight[c] + bias![c] : normalized;
-    }
-  }
-  return { ...x, data: out };
-}
-
-/** Convolution with kernel = stride = k (stem and downsampling), weight [Co][Ci][k][k]. */
-function patchConv(x: Plane, k: number, co: number, weight: Float32Array, bias: Float32Array): Plane {
-  const h = Math.floor(x.h / k);
-  const w = Math.floor(x.w / k);
-  const out = new Float64Array(co * h * w);
-  for (let o = 0; o < co; o++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) {
-    let sum = bias[o];
-    for (let i = 0; i < x.c; i++) for (let ky = 0; ky < k; ky++) for (let kx = 0; kx < k; kx++) {
-      sum += weight[((o * x.c + i) * k + ky) * k + kx] * x.data[(i * x.h + y * k + ky) * x.w + xx * k + kx];
-    }
-    out[(o * h + y) * w + xx] = sum;
-  }
-  return { c: co, h, w, data: out };
-}
-
-function referenceBlock(x: Plane, block: CheckpointWeights['stages'][number]['blocks'][number], act: (v: number) => number): Plane {
-  const { c, h, w } = x;
-  const hw = h * w;
-  const dw = new Float64Array(c * hw);
-  for (let ch = 0; ch < c; ch++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) {
-    let sum = block.dwconvBias[ch];
-    for (let ky = 0; ky < 7; ky++) for (let kx = 0; kx < 7; kx++) {
-      const yy = y + ky - 3;
-      const xi = xx + kx - 3;
-      if (yy >= 0 && yy < h && xi >= 0 && xi < w) sum += block.dwconvWeight[(ch * 7 + ky) * 7 + kx] * x.data[(ch * h + yy) * w + xi];
-    }
-    dw[(ch * h + y) * w + xx] = sum;
-  }
-  const normed = layerNorm({ c, h, w, data: dw }, 1e-6, block.norm.weight, block.norm.bias);
-  const hidden = 4 * c;
-  const mid = new Float64Array(hidden * hw);
-  for (let j = 0; j < hidden; j++) for (let p = 0; p < hw; p++) {
-    let sum = block.pwconv1Bias[j];
-    for (let ch = 0; ch < c; ch++) sum += block.pwconv1Weight[j * c + ch] * normed.data[ch * hw + p];
-    mid[j * hw + p] = act(sum);
-  }
-  if (block.grn) {
-    const gx = Array.from({ length: hidden }, (_, j) => Math.sqrt(mid.subarray(j * hw, (j + 1) * hw).reduce((a, v) => a + v * v, 0)));
-    const meanGx = gx.reduce((a, b) => a + b, 0) / hidden;
-    for (let j = 0; j < hidden; j++) for (let p = 0; p < hw; p++) {
-      const v = mid[j * hw + p];
-      mid[j * hw + p] = block.grn.weight[j] * (v * (gx[j] / (meanGx + 1e-6))) + block.grn.bias[j] + v;
-    }
-  }
-  const out = new Float64Array(c * hw);
-  for (let ch = 0; ch < c; ch++) for (let p = 0; p < hw; p++) {
-    let sum = block.pwconv2Bias[ch];
-    for (let j = 0; j < hidden; j++) sum += block.pwconv2Weight[ch * hidden + j] * mid[j * hw + p];
-    out[ch * hw + p] = x.data[ch * hw + p] + (block.layerScale ? block.layerScale[ch] : 1) * sum;
-  }
-  return { c, h, w, data: out };
-}
-
-/** transformers' forward of one image, by output name (feature maps, pooler and logits as the head has them). */
-function referenceForward(spec: ModelSpec, weights: CheckpointWeights, image: Plane): Map<string, Float64Array> {
-  const act = REFERENCE_ACTIVATIONS[spec.hiddenAct];
-  const outputs = new Map<string, Float64Array>();
-  let x = layerNorm(patchConv(image, spec.patchSize, spec.hiddenSizes[0], weights.stem.convWeight, weights.stem.convBias), 1e-6, weights.stem.norm.weight, weights.stem.norm.bias);
-  const hiddenStates = [x];
-  weights.stages.forEach((stage, s) => {
-    if (stage.downsample) {
-      x = patchConv(layerNorm(x, 1e-6, stage.downsample.norm.weight, stage.downsample.norm.bias), 2, spec.hiddenSizes[s], stage.downsample.convWeight, stage.downsample.convBias);
-    }
-    for (const block of stage.blocks) x = referenceBlock(x, block, act);
-    hiddenStates.push(x);
-  });
-  hiddenStates.forEach((state, i) => outputs.set(`hidden_states.${i}`, state.data));
-  outputs.set('last_hidden_state', x.data);
-  const stageNames = ['stem', ...spec.hiddenSizes.map((_, i) => `stage${i + 1}`)];
-  spec.outFeatures.forEach((feature, i) => {
-    const norm = weights.featureNorms[feature];
-    outputs.set(`feature_maps.${i}`, layerNorm(hiddenStates[stageNames.indexOf(feature)], 1e-6, norm.weight, norm.bias).data);
-  });
-  if (weights.poolerNorm) {
-    const hw = x.h * x.w;
-    const mean = new Float64Array(x.c).map((_, c) => x.data.subarray(c * hw, (c + 1) * hw).reduce((a, b) => a + b, 0) / hw);
-    const pooled = layerNorm({ c: x.c, h: 1, w: 1, data: mean }, spec.layerNormEps, weights.poolerNorm.weight, weights.poolerNorm.bias).data;
-    outputs.set('pooler_output', pooled);
-    if (weights.classifier) {
-      outputs.set('logits', new Float64Array(spec.numLabels).map((_, l) => pooled.reduce((a, v, c) => a + v * weights.classifier!.weight[l * x.c + c], weights.classifier!.bias[l])));
-    }
-  }
-  return outputs;
 }
 
 const SYNTHETIC: Array<{ name: string; config: Record<string, unknown>; batch: number; height: number; width: number }> = [
@@ -405,14 +252,12 @@ describe('WebGPU target against a float64 reference: synthetic configs', () => {
         const next = random(99 + index);
         const input = Float32Array.from({ length: batch * spec.numChannels * height * width }, () => 2 * next());
         const outputs = await backend.run(input, batch, height, width, true);
-        const perImage = spec.numChannels * height * width;
-        const references = Array.from({ length: batch }, (_, n) => referenceForward(spec, checkpoint, {
-          c: spec.numChannels, h: height, w: width, data: Float64Array.from(input.subarray(n * perImage, (n + 1) * perImage)),
-        }));
-        expect([...outputs.keys()].sort()).toEqual([...references[0].keys()].sort());
+        const references = referenceForward(spec, checkpoint, input, batch, height, width);
+        expect([...outputs.keys()].sort()).toEqual([...references.keys()].sort());
         const report: string[] = [];
         for (const [name, output] of outputs) {
-          const expected = new Float32Array(references.flatMap((r) => [...r.get(name)!]));
+          expect(output.shape, name).toEqual(references.get(name)!.shape);
+          const expected = Float32Array.from(references.get(name)!.data);
           const { maxError, tolerance } = compare(output.data, expected);
           report.push(`${name} ${maxError.toExponential(1)} (bar ${tolerance.toExponential(1)})`);
           expect(maxError, `${name} max |error|`).toBeLessThanOrEqual(tolerance);

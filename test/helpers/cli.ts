@@ -53,3 +53,9 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
 
 /** `cxc ...args` with the default options. */
 export const cxc = (...args: string[]): Promise<CliResult> => runCli(args);
+
+/** `cxc build INPUT --target TARGET -o OUT`, failing with its stderr when the build fails. */
+export async function buildPackage(input: string, out: string, target: 'wasm' | 'webgpu' = 'wasm', extra: string[] = []): Promise<void> {
+  const result = await runCli(['build', input, '--target', target, '-o', out, ...extra], { timeoutMs: 300_000 });
+  if (result.code !== 0) throw new Error(`cxc build ${input} --target ${target} failed (${result.code ?? result.signal}): ${result.stderr}`);
+}
