@@ -79,7 +79,7 @@ export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: We
 
 function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpuPrecision): WebGpuProgram {
   const builder = new ProgramBuilder(plan, layout, precision);
-  plan.steps.forEach((step, index) => builder.addStep(step, index));
+  plan.steps.forEach((step) => builder.addStep(step));
   return builder.finish();
 }
 
@@ -129,15 +129,15 @@ class ProgramBuilder {
     };
   }
 
-  addStep(step: PlanStep, index: number): void {
+  addStep(step: PlanStep): void {
     switch (step.op) {
-      case 'stem': return this.stem(step, index);
-      case 'downsample': return this.downsample(step, index);
-      case 'block': return this.block(step, index);
-      case 'output': return this.output(step, index);
-      case 'featureMap': return this.featureMap(step, index);
-      case 'pool': return this.pool(step, index);
-      case 'classifier': return this.classifier(step, index);
+      case 'stem': return this.stem(step);
+      case 'downsample': return this.downsample(step);
+      case 'block': return this.block(step);
+      case 'output': return this.output(step);
+      case 'featureMap': return this.featureMap(step);
+      case 'pool': return this.pool(step);
+      case 'classifier': return this.classifier(step);
     }
   }
 
@@ -203,7 +203,7 @@ class ProgramBuilder {
 
   // ---- steps --------------------------------------------------------------------------------------
 
-  private stem(step: Extract<PlanStep, { op: 'stem' }>, index: number): void {
+  private stem(step: Extract<PlanStep, { op: 'stem' }>): void {
     const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`stem (${step.out.real} channels)`, 'stem', {
@@ -212,7 +212,7 @@ class ProgramBuilder {
     }, SIMPLE_WORKGROUP, 0, 3);
     this.usePerPixel(step.dst, 0, step.out.padded);
     this.kernel({
-      label: 'stem', shader, step: index, level: 0, inLevel: -1, weightBase: weights.weightBase,
+      label: 'stem', shader, level: 0, inLevel: -1, weightBase: weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -223,7 +223,7 @@ class ProgramBuilder {
     });
   }
 
-  private downsample(step: Extract<PlanStep, { op: 'downsample' }>, index: number): void {
+  private downsample(step: Extract<PlanStep, { op: 'downsample' }>): void {
     const group = step.weights;
     const weights = this.weights(group);
     const out4 = step.out.padded / 4;
@@ -236,7 +236,7 @@ class ProgramBuilder {
     }, workgroupSize, tapCount * 8, 3);
     this.usePerPixel(step.dst, step.level, step.out.padded);
     this.kernel({
-      label: `stages.${step.level}.downsample`, shader, step: index, level: step.level, inLevel: step.level - 1, weightBase: weights.weightBase,
+      label: `stages.${step.level}.downsample`, shader, level: step.level, inLevel: step.level - 1, weightBase: weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: out4 / columns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -247,7 +247,7 @@ class ProgramBuilder {
     });
   }
 
-  private block(step: Extract<PlanStep, { op: 'block' }>, index: number): void {
+  private block(step: Extract<PlanStep, { op: 'block' }>): void {
     const group = step.weights;
     // Each kernel binds only the fields it reads (see weights()).
     const dwWeights = this.weights(group, ['dwWeight', 'dwBias']);
@@ -258,7 +258,7 @@ class ProgramBuilder {
     const name = `stages.${step.stage}.blocks.${step.index}`;
     const src = step.src as WebGpuBufferName;
     const dst = step.dst;
-    const common = { step: index, level: step.level, inLevel: null };
+    const common = { level: step.level, inLevel: null };
 
     if (src === dst) throw new Error(`internal: block ${name} reads and writes the same buffer`);
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
@@ -410,13 +410,13 @@ class ProgramBuilder {
     };
   }
 
-  private output(step: Extract<PlanStep, { op: 'output' }>, index: number): void {
+  private output(step: Extract<PlanStep, { op: 'output' }>): void {
     const shader = this.shader(`output copy (${step.channels.real} channels)`, 'output', {
       channels4: step.channels.padded / 4, realChannels: step.channels.real,
     }, SIMPLE_WORKGROUP, 0, 2);
     this.outputs.push({ name: step.name, level: step.level, channels: step.channels.real, onlyWithHiddenStates: step.onlyWithHiddenStates });
     this.kernel({
-      label: step.name, shader, step: index, level: step.level, inLevel: null, weightBase: 0, onlyWithHiddenStates: step.onlyWithHiddenStates,
+      label: step.name, shader, level: step.level, inLevel: null, weightBase: 0, onlyWithHiddenStates: step.onlyWithHiddenStates,
       grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -426,7 +426,7 @@ class ProgramBuilder {
     });
   }
 
-  private featureMap(step: Extract<PlanStep, { op: 'featureMap' }>, index: number): void {
+  private featureMap(step: Extract<PlanStep, { op: 'featureMap' }>): void {
     const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`feature map LayerNorm (${step.channels.real} channels)`, 'feature-map', {
@@ -434,7 +434,7 @@ class ProgramBuilder {
     }, SIMPLE_WORKGROUP, 0, 3);
     this.outputs.push({ name: step.name, level: step.level, channels: step.channels.real, onlyWithHiddenStates: false });
     this.kernel({
-      label: step.name, shader, step: index, level: step.level, inLevel: null, weightBase: weights.weightBase,
+      label: step.name, shader, level: step.level, inLevel: null, weightBase: weights.weightBase,
       grid: { unit: 'pixels', perWorkgroup: SIMPLE_WORKGROUP, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -445,7 +445,7 @@ class ProgramBuilder {
     });
   }
 
-  private pool(step: Extract<PlanStep, { op: 'pool' }>, index: number): void {
+  private pool(step: Extract<PlanStep, { op: 'pool' }>): void {
     const group = step.weights;
     const weights = this.weights(group);
     const shader = this.shader(`pooler (${step.channels.real} channels)`, 'pool', {
@@ -454,7 +454,7 @@ class ProgramBuilder {
     this.usePerImage('pooled', step.channels.padded);
     this.outputs.push({ name: 'pooler_output', level: null, channels: step.channels.real, onlyWithHiddenStates: false });
     this.kernel({
-      label: 'pooler', shader, step: index, level: step.level, inLevel: null, weightBase: weights.weightBase,
+      label: 'pooler', shader, level: step.level, inLevel: null, weightBase: weights.weightBase,
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -466,7 +466,7 @@ class ProgramBuilder {
     });
   }
 
-  private classifier(step: Extract<PlanStep, { op: 'classifier' }>, index: number): void {
+  private classifier(step: Extract<PlanStep, { op: 'classifier' }>): void {
     const group = step.weights;
     const weights = this.weights(group);
     const labels4 = step.labels.padded / 4;
@@ -475,7 +475,7 @@ class ProgramBuilder {
     }, SIMPLE_WORKGROUP, 0, 3);
     this.outputs.push({ name: 'logits', level: null, channels: step.labels.real, onlyWithHiddenStates: false });
     this.kernel({
-      label: 'classifier', shader, step: index, level: this.plan.levels.length - 1, inLevel: null, weightBase: weights.weightBase,
+      label: 'classifier', shader, level: this.plan.levels.length - 1, inLevel: null, weightBase: weights.weightBase,
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: Math.ceil(labels4 / SIMPLE_WORKGROUP) },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },

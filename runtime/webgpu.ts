@@ -53,8 +53,6 @@ export interface WebGpuKernel {
   label: string;
   /** Index into WebGpuProgram.shaders. */
   shader: number;
-  /** Index of the plan step (manifest.steps) it belongs to. */
-  step: number;
   /** Resolution it computes at (Params.height/width). */
   level: number;
   /** Resolution it reads (Params.inHeight/inWidth): -1 = the input image, null = `level`. */
