@@ -24,7 +24,7 @@ import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
 import type {
   WebGpuBufferName, WebGpuBufferSize, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
 } from '../runtime/webgpu.js';
-import type { Activation } from '../runtime/types.js';
+import type { Activation, ActivationBufferName } from '../runtime/types.js';
 
 /**
  * Channels padded to 4 (one vec4); matrices plain row-major [K][N] (one panel): a kernel reads
@@ -85,6 +85,23 @@ function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpu
 
 /** Activation buffers an f16 program stores as f16 (the residual stream act0, act1, ... stays f32). */
 const HALF_BUFFERS: WebGpuBufferName[] = ['normed', 'grnHidden'];
+
+/** What every kernel of one block shares. */
+interface BlockKernels {
+  step: Extract<PlanStep, { op: 'block' }>;
+  name: string;
+  channels4: number;
+  hidden4: number;
+  src: WebGpuBufferName;
+  dst: ActivationBufferName;
+  common: { level: number; inLevel: null };
+  activationCode: string;
+  pw1: WeightWindow;
+  pw2: WeightWindow;
+}
+
+/** A kernel's bound window of weight fields (see ProgramBuilder.weights). */
+interface WeightWindow { resource: WebGpuResource; weightBase: number; fields: Record<string, number> }
 
 /** Largest divisor of n that is at most max. */
 function largestDivisorAtMost(n: number, max: number): number {
@@ -150,7 +167,7 @@ class ProgramBuilder {
    * keeps every window under maxStorageBufferBindingSize (128 MiB on lavapipe) even for
    * ConvNeXt V2-huge, whose pwconv1 and pwconv2 are 121 MiB each.
    */
-  private weights(group: WeightGroup, names = Object.keys(group.fields)): { resource: WebGpuResource; weightBase: number; fields: Record<string, number> } {
+  private weights(group: WeightGroup, names = Object.keys(group.fields)): WeightWindow {
     const chosen = names.map((name) => {
       const field = group.fields[name];
       if (!field) throw new Error(`internal: weight group ${group.key} has no field ${name}`);
@@ -248,19 +265,28 @@ class ProgramBuilder {
   }
 
   private block(step: Extract<PlanStep, { op: 'block' }>): void {
-    const group = step.weights;
-    // Each kernel binds only the fields it reads (see weights()).
-    const dwWeights = this.weights(group, ['dwWeight', 'dwBias']);
-    const pw1Weights = this.weights(group, ['pw1Weight', 'pw1Bias']);
-    const pw2Weights = this.weights(group, ['pw2Weight', 'pw2Bias']);
-    const channels4 = step.channels.padded / 4;
-    const hidden4 = step.hidden.padded / 4;
-    const name = `stages.${step.stage}.blocks.${step.index}`;
-    const src = step.src as WebGpuBufferName;
-    const dst = step.dst;
-    const common = { level: step.level, inLevel: null };
+    const block: BlockKernels = {
+      step,
+      name: `stages.${step.stage}.blocks.${step.index}`,
+      channels4: step.channels.padded / 4,
+      hidden4: step.hidden.padded / 4,
+      src: step.src,
+      dst: step.dst,
+      common: { level: step.level, inLevel: null },
+      activationCode: this.activationCode(step.activation),
+      // Each kernel binds only the fields it reads (see weights()).
+      pw1: this.weights(step.weights, ['pw1Weight', 'pw1Bias']),
+      pw2: this.weights(step.weights, ['pw2Weight', 'pw2Bias']),
+    };
+    if (block.src === block.dst) throw new Error(`internal: block ${block.name} reads and writes the same buffer`);
+    this.blockDwconv(block);
+    if (step.grn) this.grnBlockMlp(block);
+    else this.blockMlp(block);
+  }
 
-    if (src === dst) throw new Error(`internal: block ${name} reads and writes the same buffer`);
+  /** 7x7 depthwise conv + LayerNorm into `normed` (f16: the raw convolution goes to the block output first). */
+  private blockDwconv({ step, name, channels4, src, dst, common }: BlockKernels): void {
+    const dwWeights = this.weights(step.weights, ['dwWeight', 'dwBias']);
     const dwconv = this.shader(`stage ${step.stage} block: depthwise conv + LayerNorm (${step.channels.real} channels)`, 'block-dwconv', {
       channels4, realChannels: step.channels.real, eps: step.eps, fields: dwWeights.fields,
       // the input pixels a run of 4 outputs reads in one kernel row, and the taps of that row
@@ -280,48 +306,57 @@ class ProgramBuilder {
         ...(this.half ? [{ binding: 4, resource: { kind: 'buffer', buffer: dst } as WebGpuResource }] : []),
       ],
     });
+  }
 
-    const activationCode = this.activationCode(step.activation);
-    if (!step.grn) {
-      const mlp = this.mlpShape(channels4, hidden4);
-      const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
-        channels4, hidden4, fields: { ...pw1Weights.fields, ...pw2Weights.fields }, activationCode, ...mlp,
-      }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5);
-      // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
-      this.kernel({
-        ...common, label: `${name}: MLP`, shader, weightBase: pw1Weights.weightBase, weightBase2: pw2Weights.weightBase,
-        grid: { unit: 'pixels', perWorkgroup: mlp.tilePixels, columnTiles: 1 },
-        bindings: [
-          { binding: 0, resource: { kind: 'params' } },
-          { binding: 1, resource: pw1Weights.resource },
-          { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
-          { binding: 3, resource: { kind: 'buffer', buffer: src } },
-          { binding: 4, resource: { kind: 'buffer', buffer: dst } },
-          { binding: 5, resource: pw2Weights.resource },
-        ],
-      });
-      return;
-    }
+  /** pwconv1 + activation + pwconv2 + residual in one kernel, the hidden tile in workgroup memory. */
+  private blockMlp({ step, name, channels4, hidden4, src, dst, common, activationCode, pw1, pw2 }: BlockKernels): void {
+    const mlp = this.mlpShape(channels4, hidden4);
+    const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
+      channels4, hidden4, fields: { ...pw1.fields, ...pw2.fields }, activationCode, ...mlp,
+    }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5);
+    // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
+    this.kernel({
+      ...common, label: `${name}: MLP`, shader, weightBase: pw1.weightBase, weightBase2: pw2.weightBase,
+      grid: { unit: 'pixels', perWorkgroup: mlp.tilePixels, columnTiles: 1 },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: pw1.resource },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: src } },
+        { binding: 4, resource: { kind: 'buffer', buffer: dst } },
+        { binding: 5, resource: pw2.resource },
+      ],
+    });
+  }
 
-    // ConvNeXt V2: GRN needs the whole image's hidden activations before pwconv2.
+  /** ConvNeXt V2: GRN needs the whole image's hidden activations before pwconv2, so the MLP is split around it. */
+  private grnBlockMlp(block: BlockKernels): void {
+    const { step, name, channels4, hidden4, common, activationCode, pw1 } = block;
     this.usePerPixel('grnHidden', step.level, step.hidden.padded);
     this.usePerImage('grnScale', step.hidden.padded);
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
     const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields: pw1Weights.fields, activationCode,
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields: pw1.fields, activationCode,
     }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3);
     this.kernel({
-      ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1Weights.weightBase,
+      ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: hidden4 / expandColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: pw1Weights.resource },
+        { binding: 1, resource: pw1.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
       ],
     });
-    // GRN statistics in two kernels: sums of squares over pixel slices (GRN_SLICES x channel tiles
-    // workgroups per image), then the per-image norm, mean and scale from the slices.
+    this.grnStatistics(block);
+    this.grnProject(block);
+  }
+
+  /**
+   * GRN statistics in two kernels: sums of squares over pixel slices (GRN_SLICES x channel tiles
+   * workgroups per image), then the per-image norm, mean and scale from the slices.
+   */
+  private grnStatistics({ step, name, hidden4, common }: BlockKernels): void {
     this.usePerImage('grnPartial', GRN_SLICES * step.hidden.padded);
     const channelTiles = Math.ceil(hidden4 / SIMPLE_WORKGROUP);
     const squares = this.shader(`stage ${step.stage} block: GRN sums of squares (${step.hidden.real} channels)`, 'grn-squares', {
@@ -336,7 +371,7 @@ class ProgramBuilder {
         { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
       ],
     });
-    const grnWeights = this.weights(group, ['grnGamma']);
+    const grnWeights = this.weights(step.weights, ['grnGamma']);
     const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
       hidden4, hiddenReal: step.hidden.real, slices: GRN_SLICES, fields: grnWeights.fields,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
@@ -350,16 +385,20 @@ class ProgramBuilder {
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
       ],
     });
+  }
+
+  /** GRN scale + pwconv2 (+ the folded GRN bias) + residual. */
+  private grnProject({ step, name, channels4, hidden4, src, dst, common, pw2 }: BlockKernels): void {
     const projectColumns4 = largestDivisorAtMost(channels4, MATMUL_MAX_COLUMNS4);
     const project = this.shader(`stage ${step.stage} block: GRN + pwconv2 + residual (${step.hidden.real} -> ${step.channels.real})`, 'grn-project', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields: pw2Weights.fields,
+      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields: pw2.fields,
     }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5);
     this.kernel({
-      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2Weights.weightBase,
+      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: channels4 / projectColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: pw2Weights.resource },
+        { binding: 1, resource: pw2.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
         { binding: 4, resource: { kind: 'buffer', buffer: src } },
