@@ -300,7 +300,7 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
   const choices = programChoices(built, options);
   if (options.device) {
     const device = options.device;
-    const { program, precision } = chooseProgram(choices, device.features as ReadonlySet<string>, 'GPUDevice (request shader-f16 when creating it)');
+    const { program, precision } = chooseProgram(choices, device.features as ReadonlySet<string>, 'given GPUDevice');
     checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
     const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
     return { program, device, ownsDevice: false, description: `${describeAdapter(info)}, ${precision}, caller's device`, anchor: { gpu: options.gpu } };
