@@ -304,9 +304,12 @@ export async function renderWasm(plan: KernelPlan, layout: WeightLayout): Promis
   const kernels = new WasmKernelSet();
   const steps = plan.steps.map((step) => wasmStep(step, kernels));
   const minPages = Math.ceil((WEIGHTS_BASE + plan.weightFloats * 4) / 65536) + 1;
+  // The kernels differ only between the FMA and plain builds: render each once, for both memories.
+  const math = render('math', {});
+  const kernelSources = { plain: kernels.kernelSources(spec.hiddenAct, false), relaxed: kernels.kernelSources(spec.hiddenAct, true) };
   const moduleSource = (relaxed: boolean, shared: boolean) => render('module', {
     architecture: spec.architecture, description: relaxed ? 'relaxed SIMD (FMA)' : 'SIMD128', minPages, maxPages: 65536, shared,
-    math: render('math', {}), kernels: kernels.kernelSources(spec.hiddenAct, relaxed),
+    math, kernels: relaxed ? kernelSources.relaxed : kernelSources.plain,
   });
   // Threads need the memory declared shared; the kernels are otherwise identical.
   const sources: Record<WasmVariant, string> = {
