@@ -12,7 +12,7 @@ import { CxcError } from './errors.js';
 import type { TensorEntry } from './safetensors.js';
 import { findWeightsFile, readCheckpointFile } from './checkpoint-files.js';
 import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
-import { layoutWeights, packWeights, type WeightLayout } from './layout.js';
+import { layoutWeights, packWeights, type Packing, type WeightLayout } from './layout.js';
 import { planModel, type KernelPlan } from './plan.js';
 import { defaultProcessorSpec, parseProcessorConfig } from './processor.js';
 import { emitModule } from './emit.js';
@@ -20,7 +20,7 @@ import { packageJson, packageReadme } from './package-files.js';
 import { floatsToHalves } from './half.js';
 import { checksum32 } from '../runtime/checksum.js';
 import { TARGETS, type TargetName } from './targets.js';
-import type { ModelManifest } from '../runtime/types.js';
+import type { ModelManifest, WeightsFileDtype } from '../runtime/types.js';
 import type { PreprocessSpec } from '../runtime/preprocess.js';
 
 export interface ModelSource {
@@ -77,8 +77,11 @@ export function loadModelSource(source: ModelSource): LoadedModel {
 
 export interface CompileOptions extends ModelSource {
   target: TargetName;
-  /** How weights.bin stores the weights: float32 (default) or float16, half the size. */
-  weightsDtype?: 'f32' | 'f16';
+  /**
+   * How weights.bin stores the weights: float32 (default); float16, half the size; or q8/q4, the
+   * big matrices as integers + scales that the kernels read as they are (compiler/quantize.ts).
+   */
+  weightsDtype?: WeightsFileDtype;
   /** WebGPU compute precision: 'f16' also ships f16 kernels, run where the adapter has shader-f16 (default 'f32'). */
   precision?: 'f32' | 'f16';
   /** npm package name of the output (default: derived from the folder name and target). */
@@ -118,8 +121,10 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   const checkpoint = loaded.tensors ? bindCheckpoint(spec, loaded.tensors, loaded.weightsPath!) : undefined;
   // From here the bound checkpoint holds every tensor packing needs, and lets each go once packed.
   loaded.tensors?.clear();
-  const packed = checkpoint ? packWeights(spec, target.packing, checkpoint, releaseWhenPacked(checkpoint)) : undefined;
-  const layout = packed?.layout ?? layoutWeights(spec, target.packing);
+  const weightsDtype = options.weightsDtype ?? 'f32';
+  const packing = packingFor(target.packing, weightsDtype);
+  const packed = checkpoint ? packWeights(spec, packing, checkpoint, releaseWhenPacked(checkpoint)) : undefined;
+  const layout = packed?.layout ?? layoutWeights(spec, packing);
   const plan = planModel(spec, layout);
   progress(2);
   if (options.precision === 'f16' && options.target !== 'webgpu') {
@@ -129,7 +134,6 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   progress(3);
 
   const name = options.packageName ?? packageNameFor(loaded.baseName, options.target);
-  const weightsDtype = options.weightsDtype ?? 'f32';
   const weightsFile = packed ? weightsFileBytes(packed.data, weightsDtype, loaded.weightsPath!) : undefined;
   const manifest: ModelManifest = {
     name,
@@ -166,9 +170,14 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   return { manifest, plan, layout, files };
 }
 
-/** The bytes of weights.bin: the packed float32 weights, or the same rounded to float16. */
-export function weightsFileBytes(data: Float32Array, dtype: 'f32' | 'f16', source: string): Uint8Array {
-  if (dtype === 'f32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+/** A target's packing for a weights file dtype: q8/q4 quantize in the layout; f16 only rounds the file. */
+export function packingFor(packing: Packing, dtype: WeightsFileDtype): Packing {
+  return { ...packing, dtype: dtype === 'q8' || dtype === 'q4' ? dtype : 'f32' };
+}
+
+/** The bytes of weights.bin: the packed weights as they are (f32, q8, q4), or float32 rounded to float16. */
+export function weightsFileBytes(data: Float32Array, dtype: WeightsFileDtype, source: string): Uint8Array {
+  if (dtype !== 'f16') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const halves = floatsToHalves(data, source);
   return new Uint8Array(halves.buffer, halves.byteOffset, halves.byteLength);
 }

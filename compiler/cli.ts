@@ -23,6 +23,7 @@ import { preprocess } from '../runtime/preprocess.js';
 import { mebibytes, progressBar } from './progress.js';
 import { resolveModelArgument } from './hub.js';
 import type { ConvNextModel, LoadOptions } from '../runtime/model.js';
+import { WEIGHTS_FILE_DTYPES, type WeightsFileDtype } from '../runtime/types.js';
 
 // The compiler (ts-morph, wabt, the kernel templates) takes a second to import: only the
 // commands that compile load it, so that run, classify, preprocess and --help start at once.
@@ -44,6 +45,7 @@ function readVersion(): string {
 const VERSION = readVersion();
 
 const targetOption = () => new Option('-t, --target <target>', 'wasm (CPU, WebAssembly SIMD) or webgpu').choices(['wasm', 'webgpu']).default('wasm');
+const weightsDtypeOption = (description: string) => new Option('--weights-dtype <dtype>', description).choices([...WEIGHTS_FILE_DTYPES]).default('f32');
 
 /** Loads a built package (its index.js) with the right GPU entry point for Node. */
 async function loadBuilt(dir: string, options: LoadOptions = {}): Promise<ConvNextModel> {
@@ -122,7 +124,7 @@ program
   .option('--weights <file>', 'weights given separately: model.safetensors, pytorch_model.bin or a shard index *.index.json (default: the model folder\'s)')
   .option('--processor <file>', 'preprocessor_config.json given separately (default: the one in the model folder, else 224 crop, bicubic, ImageNet mean/std)')
   .option('--package <name[@version]>', 'npm package name and version (default: <folder>-<target>@1.0.0); with --all-variants a template where {name} is <folder>-<target>, e.g. @acme/{name}@2.0.0')
-  .addOption(new Option('--weights-dtype <dtype>', 'how weights.bin stores weights: f32, or f16 (half the size, rounded)').choices(['f32', 'f16']).default('f32'))
+  .addOption(weightsDtypeOption('how weights.bin stores weights: f32; f16 (half the size, rounded); q8 or q4 (the big matrices as int8 / 4-bit integers with scales, run by integer kernels)'))
   .addOption(new Option('--precision <precision>', 'WebGPU kernels: f32, or f16 (also ships f16 kernels with f32 statistics, run where the adapter has shader-f16)').choices(['f32', 'f16']).default('f32'))
   .option('--force', 'replace a non-empty output folder that cxc did not make', false)
   .action(async (input: string | undefined, options: BuildCommandOptions) => {
@@ -172,7 +174,7 @@ interface BuildCommandOptions {
   processor?: string;
   package?: string;
   force: boolean;
-  weightsDtype: 'f32' | 'f16';
+  weightsDtype: WeightsFileDtype;
   precision: 'f32' | 'f16';
 }
 
@@ -225,15 +227,15 @@ program
   .argument('<safetensors>', 'model.safetensors, pytorch_model.bin or a shard index (*.index.json)')
   .requiredOption('--config <file>', 'the config.json the module was built from')
   .addOption(targetOption())
-  .addOption(new Option('--weights-dtype <dtype>', 'f32, or f16 (the module must have been built with the same)').choices(['f32', 'f16']).default('f32'))
+  .addOption(weightsDtypeOption('f32, f16, q8 or q4 (the module must have been built with the same)'))
   .requiredOption('-o, --out <file>', 'weights file to write')
-  .action(async (weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: 'f32' | 'f16' }) => {
-    const { loadModelSource, weightsFileBytes, writeFileInChunks } = await compiler();
+  .action(async (weightsPath: string, options: { config: string; target: TargetName; out: string; weightsDtype: WeightsFileDtype }) => {
+    const { loadModelSource, packingFor, weightsFileBytes, writeFileInChunks } = await compiler();
     const { TARGETS } = await targets();
     const loaded = loadModelSource({ input: options.config, weights: weightsPath });
     const checkpoint = bindCheckpoint(loaded.spec, loaded.tensors!, weightsPath);
     loaded.tensors!.clear();
-    const packed = packWeights(loaded.spec, TARGETS[options.target].packing, checkpoint, releaseWhenPacked(checkpoint));
+    const packed = packWeights(loaded.spec, packingFor(TARGETS[options.target].packing, options.weightsDtype), checkpoint, releaseWhenPacked(checkpoint));
     const bytes = weightsFileBytes(packed.data, options.weightsDtype, weightsPath);
     writeFileInChunks(options.out, bytes);
     console.log(`wrote ${options.out}: ${(bytes.byteLength / 2 ** 20).toFixed(1)} MiB (${options.weightsDtype}), checksum ${checksum32(bytes).toString(16)}`);

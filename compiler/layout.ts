@@ -14,8 +14,9 @@
 import { DWCONV_KERNEL, MLP_RATIO, featureChannels, type ModelSpec } from './config.js';
 import type { BlockWeights, CheckpointWeights, NormWeights } from './checkpoint.js';
 import type {
-  BlockGroup, DownsampleGroup, LinearGroup, NormGroup, StemGroup, WeightField, WeightGroup,
+  BlockGroup, DownsampleGroup, LinearGroup, NormGroup, QuantizedStorage, StemGroup, WeightDtype, WeightField, WeightGroup,
 } from '../runtime/types.js';
+import { quantizeMatrix, quantizedSizes } from './quantize.js';
 
 export type { BlockGroup, DownsampleGroup, LinearGroup, NormGroup, StemGroup, WeightField, WeightGroup } from '../runtime/types.js';
 
@@ -27,6 +28,14 @@ export interface Packing {
    * panel p holds W[k][p*w .. p*w+w) for k = 0..K-1, contiguous. 0 = one panel (plain [K][N]).
    */
   panelWidth: number;
+  /** Quantized matrices: consecutive k of one column stored side by side (compiler/quantize.ts). */
+  kGroup: number;
+  /**
+   * f32 (default), or q8/q4: the big matrices (pwconv1, pwconv2, the downsampling convs and the
+   * classifier) as integers + scales. The stem and depthwise taps stay float32: together 1.2% of
+   * ConvNeXt-T's weights, and int8 depthwise taps alone cost 3.2e-3 of max|logits| (bench:quant).
+   */
+  dtype?: WeightDtype;
 }
 
 /** Every weight group, typed by the op that streams it; plan steps carry these references. */
@@ -43,7 +52,7 @@ export interface WeightLayout extends WeightGroups {
   packing: Packing;
   /** Every group, in file order. */
   groups: WeightGroup[];
-  /** Total float32 count of the weights file. */
+  /** Total 4-byte words of the weights file (float32 count when nothing is quantized). */
   floats: number;
 }
 
@@ -79,12 +88,18 @@ class LayoutWriter {
   }
 
   private field(name: string, length: number, layout: WeightField['layout']): WeightField {
-    this.floats = alignUp(this.floats, FIELD_ALIGN);
-    const field = { offset: this.floats, length, layout };
+    const field = { offset: this.reserve(length), length, layout };
     this.current!.fields[name] = field;
+    return field;
+  }
+
+  /** Words [offset, offset + length) of the current group, aligned. */
+  private reserve(length: number): number {
+    this.floats = alignUp(this.floats, FIELD_ALIGN);
+    const offset = this.floats;
     this.floats += length;
     this.current!.floats = this.floats - this.current!.offset;
-    return field;
+    return offset;
   }
 
   /** A vector of `padded` floats whose first values come from `source` (the rest are zero). */
@@ -93,8 +108,16 @@ class LayoutWriter {
     if (this.data && source) for (let i = 0; i < count; i++) this.data[field.offset + i] = source(i);
   }
 
-  /** A K x N matrix (real size kReal x nReal, padded kPad x nPad) in column panels. */
-  matrix(name: string, kPad: number, nPad: number, kReal: number, nReal: number, source?: MatrixSource): void {
+  /**
+   * A K x N matrix (real size kReal x nReal, padded kPad x nPad) in column panels; `quantizable`
+   * ones are stored as integers + scales when the packing's dtype is q8 or q4.
+   */
+  matrix(name: string, kPad: number, nPad: number, kReal: number, nReal: number, source?: MatrixSource, quantizable = false): void {
+    const dtype = this.packing.dtype ?? 'f32';
+    if (quantizable && dtype !== 'f32') {
+      this.quantizedMatrix(name, dtype, { rows: kPad, columns: nPad, panelWidth: this.packing.panelWidth, kGroup: this.packing.kGroup }, kReal, nReal, source);
+      return;
+    }
     const width = this.packing.panelWidth || nPad;
     const field = this.field(name, kPad * nPad, { kind: 'matrix', rows: kPad, columns: nPad, panelWidth: this.packing.panelWidth });
     if (!this.data || !source) return;
@@ -104,6 +127,18 @@ class LayoutWriter {
       const panelBase = field.offset + panel * kPad * width;
       for (let k = 0; k < kReal; k++) this.data[panelBase + k * width + lane] = source(k, n);
     }
+  }
+
+  private quantizedMatrix(name: string, dtype: 'q8' | 'q4', shape: { rows: number; columns: number; panelWidth: number; kGroup: number }, kReal: number, nReal: number, source?: MatrixSource): void {
+    const { valueWords, scaleWords, blockRows } = quantizedSizes(dtype, shape);
+    const quantized: QuantizedStorage = { bits: dtype === 'q8' ? 8 : 4, blockRows, kGroup: shape.kGroup, scales: { offset: 0, words: scaleWords, dtype: dtype === 'q8' ? 'f32' : 'f16' } };
+    const field = this.field(name, valueWords, { kind: 'matrix', rows: shape.rows, columns: shape.columns, panelWidth: shape.panelWidth, quantized });
+    quantized.scales.offset = this.reserve(scaleWords);
+    this.current!.dtype = dtype;
+    if (!this.data || !source) return;
+    const bytes = new Uint8Array(this.data.buffer, this.data.byteOffset, this.data.byteLength);
+    quantizeMatrix(dtype, shape, kReal, nReal, source,
+      bytes.subarray(field.offset * 4, (field.offset + valueWords) * 4), bytes.subarray(quantized.scales.offset * 4, (quantized.scales.offset + scaleWords) * 4));
   }
 }
 
@@ -161,7 +196,7 @@ function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): W
         const { tap, ci } = sourceIndex(k);
         if (ci >= previous) return 0;
         return down.convWeight[((n * previous + ci) * 2 + (tap >> 1)) * 2 + (tap & 1)] * down.norm.weight[ci];
-      }));
+      }), true);
       w.vector('bias', pad(channels), down && ((n) => {
         let sum = down.convBias[n];
         for (let ci = 0; ci < previous; ci++) {
@@ -189,7 +224,7 @@ function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): W
   if (spec.head === 'classification' && spec.numLabels > 0) {
     const classifier = ckpt?.classifier;
     classifierGroup = w.group<LinearGroup>('classifier');
-    w.matrix('weight', pad(last), pad(spec.numLabels), last, spec.numLabels, classifier && ((k, n) => classifier.weight[n * last + k]));
+    w.matrix('weight', pad(last), pad(spec.numLabels), last, spec.numLabels, classifier && ((k, n) => classifier.weight[n * last + k]), true);
     w.vector('bias', pad(spec.numLabels), classifier && ((i) => classifier.bias[i]), spec.numLabels);
   }
   return { stem, stages, featureNorms, pooler, classifier: classifierGroup };
@@ -215,7 +250,7 @@ function writeBlock(spec: ModelSpec, w: LayoutWriter, key: string, channels: num
 
   const g = block?.norm.weight;
   const beta = block?.norm.bias;
-  w.matrix('pw1Weight', cPad, hPad, channels, hidden, block && ((k, n) => block.pwconv1Weight[n * channels + k] * g![k]));
+  w.matrix('pw1Weight', cPad, hPad, channels, hidden, block && ((k, n) => block.pwconv1Weight[n * channels + k] * g![k]), true);
   w.vector('pw1Bias', hPad, block && ((n) => {
     let sum = block.pwconv1Bias[n];
     for (let k = 0; k < channels; k++) sum += block.pwconv1Weight[n * channels + k] * beta![k];
@@ -224,7 +259,7 @@ function writeBlock(spec: ModelSpec, w: LayoutWriter, key: string, channels: num
   if (spec.grn) w.vector('grnGamma', hPad, block && ((i) => block.grn!.weight[i]), hidden);
 
   const scale = (n: number) => (block?.layerScale ? block.layerScale[n] : 1);
-  w.matrix('pw2Weight', hPad, cPad, hidden, channels, block && ((k, n) => scale(n) * block.pwconv2Weight[n * hidden + k]));
+  w.matrix('pw2Weight', hPad, cPad, hidden, channels, block && ((k, n) => scale(n) * block.pwconv2Weight[n * hidden + k]), true);
   w.vector('pw2Bias', cPad, block && ((n) => {
     let sum = block.pwconv2Bias[n];
     if (block.grn) for (let k = 0; k < hidden; k++) sum += block.pwconv2Weight[n * hidden + k] * block.grn.bias[k];

@@ -3,7 +3,7 @@
  * (what the model is, how to load and call it in Node and in browsers). Pure functions of the
  * manifest.
  */
-import type { ModelManifest } from '../runtime/types.js';
+import { weightsFileBytes, type ModelManifest } from '../runtime/types.js';
 import { RESAMPLE_NAMES } from '../runtime/preprocess.js';
 
 export function packageJson(manifest: ModelManifest, version: string, files: string[]) {
@@ -102,7 +102,7 @@ function loadCall({ bundledWeights }: ReadmeContext, extra: string[]): string {
 
 function readmeSummary({ manifest, wasm, bundledWeights, classifier, sibling }: ReadmeContext): string[] {
   const variant = manifest.modelType === 'convnextv2' ? 'ConvNeXt V2' : 'ConvNeXt';
-  const weightBytes = manifest.weights.floats * (manifest.weights.dtype === 'f16' ? 2 : 4);
+  const weightBytes = weightsFileBytes(manifest.weights);
   const numbered = manifest.labels.every((label, i) => label === `LABEL_${i}`);
   const labelLine = !classifier
     ? describeHead(manifest)

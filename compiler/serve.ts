@@ -17,7 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CxcError } from './errors.js';
-import type { ModelManifest } from '../runtime/types.js';
+import { weightsFileBytes, type ModelManifest, type WeightsFileDtype } from '../runtime/types.js';
 
 export const MIME_TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -69,7 +69,7 @@ export interface ServedModel {
   numLabels: number;
   parameters: number;
   weightsBytes: number;
-  weightsDtype: 'f32' | 'f16';
+  weightsDtype: WeightsFileDtype;
   /** False when built from a bare config: the page cannot run it without a weights file. */
   bundledWeights: boolean;
 }
@@ -160,7 +160,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       imageSize: manifest.imageSize,
       numLabels: manifest.numLabels,
       parameters: manifest.parameters,
-      weightsBytes: manifest.weights.floats * (manifest.weights.dtype === 'f16' ? 2 : 4),
+      weightsBytes: weightsFileBytes(manifest.weights),
       weightsDtype: manifest.weights.dtype,
       bundledWeights: manifest.weights.checksum !== null,
     });

@@ -11,6 +11,7 @@ import { basename, join } from 'node:path';
 import { compileModel, packageNameFor, validatePackageName, writePackage, type BuildProgress, type CompiledModule } from './build.js';
 import { CxcError } from './errors.js';
 import type { TargetName } from './targets.js';
+import type { WeightsFileDtype } from '../runtime/types.js';
 import { findWeightsFile } from './checkpoint-files.js';
 
 export interface VariantSource {
@@ -82,7 +83,7 @@ export interface VariantBuildOptions {
   configsDir: string;
   outRoot: string;
   target: TargetName;
-  weightsDtype?: 'f32' | 'f16';
+  weightsDtype?: WeightsFileDtype;
   /** Template for package names, `{name}` standing for the derived one (default: the derived name). */
   packageTemplate?: string;
   packageVersion?: string;

@@ -22,7 +22,7 @@ import type { WasmVariant } from '../runtime/wasm.js';
 const PANEL_WIDTH = 8;
 const PANEL_ROW_BYTES = PANEL_WIDTH * 4;
 /** Channels padded to the panel width, so every panel is whole. */
-export const WASM_PACKING: Packing = { channelAlign: PANEL_WIDTH, panelWidth: PANEL_WIDTH };
+export const WASM_PACKING: Packing = { channelAlign: PANEL_WIDTH, panelWidth: PANEL_WIDTH, kGroup: 2 };
 
 /**
  * Rows of the GEMM register block: 4 rows x 8 columns = 8 accumulators, plus two weight

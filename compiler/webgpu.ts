@@ -31,7 +31,7 @@ import type { Activation, ActivationBufferName } from '../runtime/types.js';
  * one weight row's vec4 for 4 output channels, and neighbouring invocations read neighbouring
  * vec4s of the same row.
  */
-export const WEBGPU_PACKING: Packing = { channelAlign: 4, panelWidth: 0 };
+export const WEBGPU_PACKING: Packing = { channelAlign: 4, panelWidth: 0, kGroup: 4 };
 
 /** Weight windows start on 256-byte boundaries (the largest minStorageBufferOffsetAlignment): 64 floats, or 128 halves. */
 const WEIGHT_WINDOW_BYTES = 256;

@@ -3,7 +3,7 @@
  * bytes given directly, a file: URL or a path in Node, anything else through fetch.
  */
 import { checksum32 } from './checksum.js';
-import type { ModelManifest } from './types.js';
+import { weightsFileBytes, type ModelManifest } from './types.js';
 
 export type ByteSource = string | URL | ArrayBuffer | ArrayBufferView | CachingSource;
 
@@ -114,7 +114,7 @@ const READS_IN_FLIGHT = 4;
  * checksummed chunk by chunk while later chunks are still arriving.
  */
 export async function loadWeights(source: ByteSource, manifest: ModelManifest, onProgress?: ProgressCallback, destination?: WeightsDestination): Promise<Uint8Array> {
-  const expected = manifest.weights.floats * (manifest.weights.dtype === 'f16' ? 2 : 4);
+  const expected = weightsFileBytes(manifest.weights);
   const wrongSize = (actual: number, atLeast = false) =>
     new Error(
       `cxc: the weights file ${describe(source)} is ${atLeast ? 'more than ' : ''}${actual} bytes but ${manifest.name} expects ${expected}: ` +

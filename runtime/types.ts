@@ -35,10 +35,33 @@ export interface Channels { real: number; padded: number }
 export interface WeightField {
   offset: number;
   length: number;
-  layout: { kind: 'vector' } | { kind: 'matrix'; rows: number; columns: number; panelWidth: number };
+  layout: { kind: 'vector' } | { kind: 'matrix'; rows: number; columns: number; panelWidth: number; quantized?: QuantizedStorage };
 }
-/** How the kernels read a group's weights (in memory, after any widening at load). */
-export type WeightDtype = 'f32';
+/**
+ * A matrix stored as integers and scales (weights dtype q8 or q4): `offset`/`length` of its field
+ * then count 4-byte words of packed integers. The byte order is compiler/quantize.ts's.
+ */
+export interface QuantizedStorage {
+  bits: 8 | 4;
+  /** Rows of K sharing one scale per column: all K (q8, per column) or 32 (q4). */
+  blockRows: number;
+  /** Consecutive k of one column stored side by side. */
+  kGroup: number;
+  /** ceil(K / blockRows) x N scales in the matrix's panel order: float32 for q8, float16 for q4. */
+  scales: { offset: number; words: number; dtype: 'f32' | 'f16' };
+}
+/**
+ * How the kernels read a group's weights in memory: all float32 (an f16 file is widened at load),
+ * or with its big matrices quantized (q8/q4 files are used as they are).
+ */
+export type WeightDtype = 'f32' | 'q8' | 'q4';
+/** How a weights file stores its weights. */
+export type WeightsFileDtype = 'f32' | 'f16' | 'q8' | 'q4';
+export const WEIGHTS_FILE_DTYPES: readonly WeightsFileDtype[] = ['f32', 'f16', 'q8', 'q4'];
+/** Bytes of a weights file of `floats` 4-byte words (f16: halves of them). */
+export function weightsFileBytes(weights: { floats: number; dtype: WeightsFileDtype }): number {
+  return weights.floats * (weights.dtype === 'f16' ? 2 : 4);
+}
 /**
  * The weights one fused op streams, laid out by compiler/layout.ts. Plan steps carry their group,
  * so a kernel's field offsets come from the group it reads, never from another block's.
@@ -113,8 +136,12 @@ export interface ModelManifest {
   weights: {
     /** File name next to the module. */
     file: string;
-    /** How the file stores them: float32, or float16 (half the size; widened to float32 at load). */
-    dtype: 'f32' | 'f16';
+    /**
+     * How the file stores them: float32; float16 (half the size; widened to float32 at load); or
+     * q8/q4 (the big matrices as integers + scales, used in place; see WeightField).
+     */
+    dtype: WeightsFileDtype;
+    /** Length in 4-byte words (f16: in floats, two bytes each in the file). */
     floats: number;
     /** Checksum of the packed weights; null when built from a bare config (weights come at load). */
     checksum: number | null;
