@@ -1,6 +1,9 @@
 // One process, one set of Node flags: loads every engine once, then times them in
 // alternation (round-robin), so they share the machine's state. Prints JSON.
 // Usage: node [--experimental-wasm-relaxed-simd] bench/engines.mjs --threads T --batch B --runs N --engines a,b,c
+// An engine is cxc, ort-web or ort-node (on --module / --onnx), or LABEL=KIND:PATH[:BAR] for a
+// named contender on its own package or .onnx file, whose logits must be within BAR x
+// max(1, max|golden|) of the golden ones (quantized models round their weights: default 1e-4).
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { goldenInput } from './golden-input.mjs';
@@ -39,33 +42,39 @@ const rssBefore = process.memoryUsage().rss;
 const contenders = [];
 let load;
 let model; // cxc's, for the extra contenders added after its load is timed
-for (const engine of engines) {
+for (const spec of engines) {
+  const [engine, kindAndPath] = spec.includes('=') ? spec.split('=') : [spec, undefined];
+  const [kind, path, bar] = kindAndPath ? kindAndPath.split(':') : [engine, engine === 'cxc' ? values.module : values.onnx, undefined];
   const started = performance.now();
-  if (engine === 'cxc') {
-    ({ load } = await import(pathToFileURL(`${values.module}/index.js`).href));
-    model = await load({ threads });
-    const run = async () => (await model.run(input, { batch, height, width })).logits;
-    contenders.push({ engine, detail: model.backend, run });
-  } else if (engine === 'ort-web') {
+  if (kind === 'cxc') {
+    const imported = await import(pathToFileURL(`${path}/index.js`).href);
+    const own = await imported.load({ threads });
+    if (engine === 'cxc') {
+      load = imported.load;
+      model = own;
+    }
+    const run = async () => (await own.run(input, { batch, height, width })).logits;
+    contenders.push({ engine, detail: own.backend, run });
+  } else if (kind === 'ort-web') {
     const ort = await import('onnxruntime-web');
     ort.env.wasm.numThreads = threads;
     ort.env.wasm.wasmPaths = pathToFileURL(fileURLToPath(new URL('../node_modules/onnxruntime-web/dist/', import.meta.url))).href;
-    const session = await ort.InferenceSession.create(values.onnx, { executionProviders: ['wasm'], graphOptimizationLevel: 'all', extra: NO_SPINNING });
+    const session = await ort.InferenceSession.create(path, { executionProviders: ['wasm'], graphOptimizationLevel: 'all', extra: NO_SPINNING });
     const tensor = new ort.Tensor('float32', input, [batch, channels, height, width]);
     const run = async () => (await session.run({ pixel_values: tensor })).logits.data;
     contenders.push({ engine, detail: `onnxruntime-web ${ort.env.versions?.web ?? ''} wasm, ${threads} thread(s)`, run });
-  } else if (engine === 'ort-node') {
+  } else if (kind === 'ort-node') {
     const ort = await import('onnxruntime-node');
-    const session = await ort.InferenceSession.create(values.onnx, { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', extra: NO_SPINNING });
+    const session = await ort.InferenceSession.create(path, { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', extra: NO_SPINNING });
     const tensor = new ort.Tensor('float32', input, [batch, channels, height, width]);
     const run = async () => (await session.run({ pixel_values: tensor })).logits.data;
     contenders.push({ engine, detail: `onnxruntime-node cpu, ${threads} thread(s)`, run });
   } else {
-    throw new Error(`unknown engine ${engine}`);
+    throw new Error(`unknown engine ${spec}`);
   }
   const last = contenders.find((c) => c.engine === engine);
   const firstStarted = performance.now();
-  last.maxError = checkLogits(engine, await last.run());
+  last.maxError = checkLogits(engine, await last.run(), bar === undefined ? undefined : Number(bar));
   last.loadMs = firstStarted - started;
   last.firstRunMs = performance.now() - firstStarted;
   last.times = [];

@@ -166,7 +166,7 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   for (const asset of Object.values(rendered.assets)) files.set(asset.file, asset.data);
   if (weightsFile) files.set('weights.bin', weightsFile);
   files.set('package.json', `${JSON.stringify(packageJson(manifest, options.packageVersion ?? '1.0.0', [...files.keys()]), null, 2)}\n`);
-  files.set('README.md', packageReadme(manifest, Boolean(packed)));
+  files.set('README.md', packageReadme(manifest, Boolean(packed), packed?.quantization));
   return { manifest, plan, layout, files };
 }
 

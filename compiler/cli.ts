@@ -12,7 +12,7 @@ import { Command, Option } from 'commander';
 import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
 import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
-import { compareToGolden } from './compare.js';
+import { compareToGolden, topK } from './compare.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
 import { packWeights } from './layout.js';
@@ -313,15 +313,16 @@ program
   .addOption(targetOption())
   .option('--golden <files...>', 'safetensors files with pixel_values and expected outputs (default: <input>/golden.safetensors)')
   .option('--weights <file>', 'model.safetensors given separately')
+  .addOption(weightsDtypeOption('check the package built with this weights dtype; f16, q8 and q4 have looser bars of their own (see the README), relative to max(1, max|golden|)'))
   .option('--json', 'print JSON', false)
-  .action(async (argument: string, options: { target: TargetName; golden?: string[]; weights?: string; json: boolean }) => {
+  .action(async (argument: string, options: { target: TargetName; golden?: string[]; weights?: string; weightsDtype: WeightsFileDtype; json: boolean }) => {
     const input = (await resolveModelArgument(argument)).path;
     const goldens = options.golden ?? [join(input, 'golden.safetensors')];
     const { compileModel, writePackage } = await compiler();
     const outDir = mkdtempSync(join(tmpdir(), 'cxc-check-'));
-    const rows: Array<{ file: string; output: string; shape: number[]; maxError: number; tolerance: number; ok: boolean }> = [];
+    const rows: Array<{ file: string; output: string; shape: number[]; maxError: number; relativeError: number; tolerance: number; ok: boolean; top5?: string }> = [];
     try {
-      const built = await compileModel({ input, target: options.target, weights: options.weights });
+      const built = await compileModel({ input, target: options.target, weights: options.weights, weightsDtype: options.weightsDtype });
       writePackage(outDir, built.files, true);
       const model = await loadBuilt(outDir);
       try {
@@ -336,11 +337,13 @@ program
             const name = isBackboneKey ? key.slice('backbone.'.length) : key;
             const actual = outputs.get(name);
             if (!actual) {
-              rows.push({ file, output: name, shape: expected.shape, maxError: Infinity, tolerance: 0, ok: false });
+              rows.push({ file, output: name, shape: expected.shape, maxError: Infinity, relativeError: Infinity, tolerance: 0, ok: false });
               continue;
             }
-            const { maxError, tolerance } = compareToGolden(actual.data as Float32Array, expected.data);
-            rows.push({ file, output: name, shape: expected.shape, maxError, tolerance, ok: maxError <= tolerance });
+            const { maxError, tolerance, maxGolden } = compareToGolden(actual.data as Float32Array, expected.data, options.weightsDtype);
+            // Rounded weights move logits: say whether each image's top-5 classes (in order) survive.
+            const top5 = name === 'logits' ? sameTop5(actual.data as Float32Array, expected.data, expected.shape[1]) : undefined;
+            rows.push({ file, output: name, shape: expected.shape, maxError, relativeError: maxError / Math.max(1, maxGolden), tolerance, ok: maxError <= tolerance, top5 });
           }
         }
       } finally {
@@ -351,11 +354,11 @@ program
     }
     const failed = rows.filter((r) => !r.ok).length;
     if (options.json) {
-      console.log(JSON.stringify({ target: options.target, rows, passed: rows.length - failed, failed }));
+      console.log(JSON.stringify({ target: options.target, weightsDtype: options.weightsDtype, rows, passed: rows.length - failed, failed }));
     } else {
       printTable([
-        ['output', 'shape', 'max |error|', 'tolerance', 'result'],
-        ...rows.map((r) => [r.output, JSON.stringify(r.shape), r.maxError.toExponential(2), r.tolerance.toExponential(2), r.ok ? 'ok' : 'FAIL']),
+        ['output', 'shape', 'max |error|', 'relative', 'tolerance', 'top-5 kept', 'result'],
+        ...rows.map((r) => [r.output, JSON.stringify(r.shape), r.maxError.toExponential(2), r.relativeError.toExponential(2), r.tolerance.toExponential(2), r.top5 ?? '', r.ok ? 'ok' : 'FAIL']),
       ]);
       console.log(`${rows.length - failed} passed, ${failed} failed`);
     }
@@ -381,6 +384,12 @@ program
     });
     await server.close();
   });
+
+/** "k/n": how many of n images keep the golden top-5 classes, in order. */
+function sameTop5(actual: Float32Array, golden: Float32Array, classes: number): string {
+  const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
+  return `${ours.filter((row, i) => row.join() === theirs[i].join()).length}/${ours.length}`;
+}
 
 function parsePort(value: string): number {
   const n = Number(value);

@@ -16,7 +16,7 @@ import type { BlockWeights, CheckpointWeights, NormWeights } from './checkpoint.
 import type {
   BlockGroup, DownsampleGroup, LinearGroup, NormGroup, QuantizedStorage, StemGroup, WeightDtype, WeightField, WeightGroup,
 } from '../runtime/types.js';
-import { quantizeMatrix, quantizedSizes } from './quantize.js';
+import { quantizeMatrix, quantizedSizes, type QuantizationError } from './quantize.js';
 
 export type { BlockGroup, DownsampleGroup, LinearGroup, NormGroup, StemGroup, WeightField, WeightGroup } from '../runtime/types.js';
 
@@ -59,6 +59,8 @@ export interface WeightLayout extends WeightGroups {
 export interface PackedWeights {
   layout: WeightLayout;
   data: Float32Array;
+  /** q8/q4: the rounding error of the quantized matrices, over all their weights. */
+  quantization?: QuantizationError;
 }
 
 /** Fields start on 64-byte boundaries so every vector load is aligned. */
@@ -74,6 +76,7 @@ type MatrixSource = (k: number, n: number) => number;
 class LayoutWriter {
   readonly groups: WeightGroup[] = [];
   floats = 0;
+  readonly quantization: QuantizationError = { squaredError: 0, squaredWeights: 0, count: 0 };
   private current?: WeightGroup;
 
   constructor(readonly packing: Packing, readonly data?: Float32Array, private readonly onGroup?: (key: string) => void) {}
@@ -138,7 +141,8 @@ class LayoutWriter {
     if (!this.data || !source) return;
     const bytes = new Uint8Array(this.data.buffer, this.data.byteOffset, this.data.byteLength);
     quantizeMatrix(dtype, shape, kReal, nReal, source,
-      bytes.subarray(field.offset * 4, (field.offset + valueWords) * 4), bytes.subarray(quantized.scales.offset * 4, (quantized.scales.offset + scaleWords) * 4));
+      bytes.subarray(field.offset * 4, (field.offset + valueWords) * 4), bytes.subarray(quantized.scales.offset * 4, (quantized.scales.offset + scaleWords) * 4),
+      this.quantization);
   }
 }
 
@@ -152,20 +156,21 @@ export function paddedChannels(channels: number, packing: Packing): number {
  * The same function produces both, so offsets and data cannot disagree. `onGroup` is told each
  * group's key as packing reaches it (the groups before it are then packed).
  */
-export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights, onGroup?: (key: string) => void): WeightLayout & { data?: Float32Array } {
+export function layoutWeights(spec: ModelSpec, packing: Packing, checkpoint?: CheckpointWeights, onGroup?: (key: string) => void): WeightLayout & { data?: Float32Array; quantization?: QuantizationError } {
   const sizing = new LayoutWriter(packing);
   const sized = writeAll(spec, sizing);
   if (!checkpoint) return { packing, ...sized, groups: sizing.groups, floats: alignUp(sizing.floats, FIELD_ALIGN) };
   const data = new Float32Array(alignUp(sizing.floats, FIELD_ALIGN));
   const writer = new LayoutWriter(packing, data, onGroup);
   const written = writeAll(spec, writer, checkpoint);
-  return { packing, ...written, groups: writer.groups, floats: data.length, data };
+  const quantization = writer.quantization.count > 0 ? writer.quantization : undefined;
+  return { packing, ...written, groups: writer.groups, floats: data.length, data, quantization };
 }
 
 export function packWeights(spec: ModelSpec, packing: Packing, checkpoint: CheckpointWeights, onGroup?: (key: string) => void): PackedWeights {
-  const { data, ...layout } = layoutWeights(spec, packing, checkpoint, onGroup);
+  const { data, quantization, ...layout } = layoutWeights(spec, packing, checkpoint, onGroup);
   // The checksum belongs to the weights file (float32 or float16 bytes), so build.ts computes it.
-  return { layout, data: data! };
+  return { layout, data: data!, quantization };
 }
 
 function writeAll(spec: ModelSpec, w: LayoutWriter, ckpt?: CheckpointWeights): WeightGroups {

@@ -72,14 +72,19 @@ const halfBits = (value: number): number => {
 };
 const halfValue = (bits: number): number => halvesToFloats(new Uint16Array([bits]))[0];
 
+/** Sums over quantized weights, for the error a package reports: sum (q*s - w)^2 and sum w^2. */
+export interface QuantizationError { squaredError: number; squaredWeights: number; count: number }
+
 /**
  * Quantizes `source(k, n)` (k < kReal, n < nReal; the padding is zero) into `values` and `scales`,
- * byte views of the two regions of the weights file the layout set aside.
+ * byte views of the two regions of the weights file the layout set aside; adds its rounding error
+ * to `error`.
  */
 export function quantizeMatrix(
   dtype: QuantizedDtype, shape: QuantizationShape, kReal: number, nReal: number,
   source: (k: number, n: number) => number, values: Uint8Array, scales: Uint8Array,
-): void {
+  error: QuantizationError = { squaredError: 0, squaredWeights: 0, count: 0 },
+): QuantizationError {
   const { blockRows } = quantizedSizes(dtype, shape);
   const blocks = Math.ceil(shape.rows / blockRows);
   const scaleView = new DataView(scales.buffer, scales.byteOffset, scales.byteLength);
@@ -110,9 +115,15 @@ export function quantizeMatrix(
         const e = quantizedIndex(k, n, shape);
         if (dtype === 'q8') values[e] = q & 0xff;
         else values[e >> 1] |= (e & 1) ? (q + 8) << 4 : q + 8;
+        if (n < nReal && k < kReal) {
+          error.squaredError += (q * scale - column[k]) ** 2;
+          error.squaredWeights += column[k] ** 2;
+          error.count++;
+        }
       }
     }
   }
+  return error;
 }
 
 /** The value the kernels compute with at (k, n): q * scale, read back from the stored bytes. */
