@@ -19,7 +19,7 @@ import { floatsToHalves } from '../runtime/half.js';
 import { planArena, runSteps, type RunContext } from '../runtime/wasm.js';
 import type { Channels, RawOutputs } from '../runtime/types.js';
 import { referenceOps, type Map4 } from './helpers/reference.js';
-import { BATCH, INPUT, KERNEL_CONFIGS, fromNhwc, levelShape, randomMap, toNhwc } from './helpers/kernel-check.js';
+import { BATCH, INPUT, KERNEL_CONFIGS, expectClose, fromNhwc, levelShape, randomMap, toNhwc } from './helpers/kernel-check.js';
 import { random, randomCheckpoint } from './helpers/random-checkpoint.js';
 
 // ---- the integer GEMM alone ---------------------------------------------------------------------
@@ -219,18 +219,6 @@ const nhwcView = (memory: WebAssembly.Memory, address: number, shape: Omit<Map4,
  */
 const INTEGER_KERNEL_BAR = 1e-4;
 
-function expectNear(label: string, actual: ArrayLike<number>, expected: ArrayLike<number>): void {
-  expect(actual.length).toBe(expected.length);
-  let worst = 0;
-  let scale = 1;
-  for (let i = 0; i < expected.length; i++) {
-    worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  console.log(`  ${label}: max error ${worst.toExponential(2)} = ${(worst / scale).toExponential(2)} x max(1, max|ref|) (bar ${INTEGER_KERNEL_BAR})`);
-  expect(worst).toBeLessThanOrEqual(INTEGER_KERNEL_BAR * scale);
-}
-
 const stepIndex = (h: Harness, predicate: (step: PlanStep) => boolean) => {
   const index = h.plan.steps.findIndex(predicate);
   if (index < 0) throw new Error('no such step in the plan');
@@ -250,7 +238,7 @@ describe.each(['q8', 'q4'] as const)('%s WASM kernels against float64 with the d
         const out = await runStep(h, index, (mem, at) => writeNhwc(mem, at(step.src), x, step.channels),
           (mem, _, at) => nhwcView(mem, at(step.dst), shape, step.channels));
         const expected = referenceOps.block(x, packedBlock(h, step), h.spec.hiddenAct);
-        expectNear(`${dtype} ${name} level ${level}`, fromNhwc(out, shape, step.channels).data, expected.data);
+        expectClose(`${dtype} ${name} level ${level}`, fromNhwc(out, shape, step.channels).data, expected.data, INTEGER_KERNEL_BAR);
       });
     }
   }
@@ -270,7 +258,7 @@ describe.each(['q8', 'q4'] as const)('%s WASM kernels against float64 with the d
       convWeight: matrix(20 * 12 * 4, (i) => fieldValue(h, f.weight, (i % 4) * ciPad + (Math.floor(i / 4) % 12), Math.floor(i / 48))),
       convBias: vector(h, f.bias, 20),
     };
-    expectNear(`${dtype} downsample`, fromNhwc(out, shape, step.out).data, referenceOps.downsample(x, weights, 20).data);
+    expectClose(`${dtype} downsample`, fromNhwc(out, shape, step.out).data, referenceOps.downsample(x, weights, 20).data, INTEGER_KERNEL_BAR);
   });
 
   test('classifier: linear over the pooled rows (7 labels, padded to 8)', async () => {
@@ -285,6 +273,6 @@ describe.each(['q8', 'q4'] as const)('%s WASM kernels against float64 with the d
     }, (_, outputs) => outputs.get('logits')!.data);
     const f = step.weights.fields;
     const weights = { weight: matrix(7 * 20, (i) => fieldValue(h, f.weight, i % 20, Math.floor(i / 20))), bias: vector(h, f.bias, 7) };
-    expectNear(`${dtype} classifier`, out, referenceOps.classifier(rows, weights, 7).flatMap((row) => [...row]));
+    expectClose(`${dtype} classifier`, out, referenceOps.classifier(rows, weights, 7).flatMap((row) => [...row]), INTEGER_KERNEL_BAR);
   });
 });
