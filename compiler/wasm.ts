@@ -113,6 +113,15 @@ function fieldBytes<G extends WeightGroup<string, string>>(group: G): Record<str
   return bytes;
 }
 
+/**
+ * Floats of per-thread scratch an integer GEMM needs to unpack one 4-bit panel into: its int8
+ * k-pairs (8 bytes per row of K) and its scales as float32. None for q8 and float GEMMs.
+ */
+function unpackFloats(k: number, quantized: QuantizedGemm | undefined): number {
+  if (quantized?.bits !== 4) return 0;
+  return (k * PANEL_WIDTH + Math.ceil(k / quantized.blockRows) * PANEL_WIDTH * 4) / 4;
+}
+
 /** How a GEMM reads its weight matrix: as floats, or as integers + scales. */
 function quantizedGemm(field: WeightField): QuantizedGemm | undefined {
   const quantized = field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
@@ -162,13 +171,16 @@ class WasmKernelSet {
   downsample(step: StepOf<'downsample'>): string {
     const name = `downsample_s${step.level}`;
     const tile = tileFor(4 * step.in.padded);
+    const k = 4 * step.in.padded;
+    const quantized = quantizedGemm(step.weights.fields.weight);
+    const unpack = unpackFloats(k, quantized);
     this.sources.push(render('downsample', {
       name, cin: step.in.real, cout: step.out.real, cinPadded: step.in.padded, coutPadded: step.out.padded, tile,
       norm: this.norm(step.in.real, step.in.padded, step.eps, false),
-      gemm: this.gemm({ name: `gemm_${name}`, k: 4 * step.in.padded, n: step.out.padded, epilogue: 'bias', quantized: quantizedGemm(step.weights.fields.weight) }),
-      ...fieldBytes(step.weights),
+      gemm: this.gemm({ name: `gemm_${name}`, k, n: step.out.padded, epilogue: 'bias', quantized }),
+      unpackBytes: unpack > 0 && tile * k * 4, ...fieldBytes(step.weights),
     }));
-    this.scratchFloats = Math.max(this.scratchFloats, tile * 4 * step.in.padded);
+    this.scratchFloats = Math.max(this.scratchFloats, tile * k + unpack);
     return name;
   }
 
@@ -187,13 +199,18 @@ class WasmKernelSet {
     const cs = step.channels.padded;
     const hs = step.hidden.padded;
     const tile = tileFor(cs + hs);
-    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act', quantized: quantizedGemm(step.weights.fields.pw1Weight) });
-    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual', quantized: quantizedGemm(step.weights.fields.pw2Weight) });
+    const pw1 = quantizedGemm(step.weights.fields.pw1Weight);
+    const pw2 = quantizedGemm(step.weights.fields.pw2Weight);
+    if (Boolean(pw1) !== Boolean(pw2) || pw1?.bits !== pw2?.bits) throw new Error(`internal: block ${id} has pwconv1 and pwconv2 stored differently`);
+    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act', quantized: pw1 });
+    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual', quantized: pw2 });
+    // 4-bit panels are unpacked past the tiles (dwconv rows, hidden rows) in the thread's scratch
+    const unpack = Math.max(unpackFloats(cs, pw1), unpackFloats(hs, pw2));
     this.sources.push(render('block', {
       id, stage: step.stage, c: step.channels.real, cs, hidden: step.hidden.real, hs, panels: cs / PANEL_WIDTH, tile, grn: step.grn,
-      norm: this.norm(step.channels.real, cs, step.eps, false), grnGammaBytes: 0, ...fields,
+      norm: this.norm(step.channels.real, cs, step.eps, false), grnGammaBytes: 0, unpackBytes: unpack > 0 && tile * (cs + hs) * 4, ...fields,
     }));
-    this.scratchFloats = Math.max(this.scratchFloats, tile * (cs + hs));
+    this.scratchFloats = Math.max(this.scratchFloats, tile * (cs + hs) + unpack);
     if (step.grn) this.grnHidden.push({ level: step.level, floats: hs });
     return id;
   }
@@ -212,12 +229,16 @@ class WasmKernelSet {
     return 'pool';
   }
 
-  classifier(step: StepOf<'classifier'>): string {
+  /** The classifier kernel; `unpack`: it takes the scratch buffer too, to unpack 4-bit weights into. */
+  classifier(step: StepOf<'classifier'>): { kernel: string; unpack: boolean } {
+    const quantized = quantizedGemm(step.weights.fields.weight);
+    const unpack = unpackFloats(step.in.padded, quantized);
     this.head.classifier = {
-      gemm: this.gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias', quantized: quantizedGemm(step.weights.fields.weight) }),
-      ...fieldBytes(step.weights),
+      gemm: this.gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias', quantized }),
+      unpack: unpack > 0, ...fieldBytes(step.weights),
     };
-    return 'classifier';
+    this.scratchFloats = Math.max(this.scratchFloats, unpack);
+    return { kernel: 'classifier', unpack: unpack > 0 };
   }
 
   /** Every kernel's WAT (the GEMMs depend on the build: relaxed-SIMD FMA or plain multiply + add). */
@@ -260,8 +281,7 @@ export function integerGemmSource(g: GemmSpec, quantized: QuantizedGemm, activat
     ...g, q4, quantize, activationPartial: activationPartial(activation, 'wasm'), mr: QGEMM_ROWS, tails: QGEMM_TAILS, unroll: QGEMM_UNROLL,
     unrolled: Array.from({ length: QGEMM_UNROLL }, (_, i) => i), panels: g.n / PANEL_WIDTH,
     panelBytes: (g.k * PANEL_WIDTH * quantized.bits) / 8, rowBytesA: g.k * 4, rowBytesC: g.n * 4, rowScaleOffset: g.k * 2,
-    scalesBytes: quantized.scalesBytes, blockRows: quantized.blockRows, blockBytes: (quantized.blockRows * PANEL_WIDTH) / 2,
-    scalePanelBytes: blocks * PANEL_WIDTH * 2,
+    pairBytes: g.k * PANEL_WIDTH, scalesBytes: quantized.scalesBytes, blockRows: quantized.blockRows, blocks, scalePanelBytes: blocks * PANEL_WIDTH * 2,
   });
 }
 
@@ -305,8 +325,10 @@ function wasmStep(step: PlanStep, kernels: WasmKernelSet): WasmStep {
       return make('pooler_output', [call(kernels.pool(step), args)], [{ op: 'readRows', output: 'pooler_output', buffer: 'pooled', channels: step.channels }]);
     }
     case 'classifier': {
-      const args = [buffer('pooled', { level: null, floats: step.in.padded }), buffer('logits', { level: null, floats: step.labels.padded }), weights(step.weights)];
-      return make('logits', [call(kernels.classifier(step), args)], [{ op: 'readRows', output: 'logits', buffer: 'logits', channels: step.labels }]);
+      const { kernel, unpack } = kernels.classifier(step);
+      const args = [buffer('pooled', { level: null, floats: step.in.padded }), buffer('logits', { level: null, floats: step.labels.padded }), weights(step.weights),
+        ...(unpack ? [buffer('scratch')] : [])];
+      return make('logits', [call(kernel, args)], [{ op: 'readRows', output: 'logits', buffer: 'logits', channels: step.labels }]);
     }
   }
 }

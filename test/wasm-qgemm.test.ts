@@ -28,22 +28,24 @@ const PANEL = WASM_PACKING.panelWidth;
 
 interface ExactCase { bits: 8 | 4; rows: number; k: number; n: number }
 
-/** Assembles one integer GEMM (epilogue: bias) with an exported entry point. */
-async function integerGemm(spec: ExactCase, scalesBytes: number): Promise<(a: number, w: number, bias: number, out: number, rows: number) => void> {
+type GemmEntry = (a: number, w: number, bias: number, out: number, rows: number, work: number) => void;
+
+/** Assembles one integer GEMM (epilogue: bias) with an exported entry point ($work: where q4 unpacks a panel). */
+async function integerGemm(spec: ExactCase, scalesBytes: number): Promise<GemmEntry> {
   const quantized: QuantizedGemm = { bits: spec.bits, blockRows: spec.bits === 8 ? spec.k : QUANT_BLOCK_ROWS, scalesBytes };
   const quantizers = new Map<string, string>();
   const gemm = integerGemmSource({ name: 'qgemm', k: spec.k, n: spec.n, epilogue: 'bias', quantized }, quantized, 'gelu', quantizers);
   const wat = `(module (import "env" "memory" (memory 1 65536))
 ${gemm}
 ${[...quantizers.values()].join('\n')}
-  (func (export "run") (param i32 i32 i32 i32 i32)
-    (call $qgemm (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 0) (i32.const 0))))`;
+  (func (export "run") (param i32 i32 i32 i32 i32 i32)
+    (call $qgemm (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 0) (i32.const 0)${spec.bits === 4 ? ' (local.get 5)' : ''})))`;
   const wabt = await wabtInit();
   const parsed = wabt.parseWat('qgemm.wat', wat, { simd: true });
   const binary = new Uint8Array(parsed.toBinary({}).buffer);
   parsed.destroy();
   const { instance } = await WebAssembly.instantiate(binary, { env: { memory: integerMemory } });
-  return instance.exports.run as (a: number, w: number, bias: number, out: number, rows: number) => void;
+  return instance.exports.run as GemmEntry;
 }
 const integerMemory = new WebAssembly.Memory({ initial: 64, maximum: 65536 });
 
@@ -105,7 +107,7 @@ describe('integer GEMM: int32 sums exactly as an integer reference computes them
     const out = bias + n * 4 + 64;
     new Float32Array(integerMemory.buffer, A, rows * k).set(a);
     const run = await integerGemm(c, scalesBytes);
-    run(A, W, bias, out, rows);
+    run(A, W, bias, out, rows, out + rows * n * 4 + 64);
     const produced = new Float32Array(integerMemory.buffer, out, rows * n);
     let largest = 0;
     for (let r = 0; r < rows; r++) {
