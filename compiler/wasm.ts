@@ -8,7 +8,7 @@
  */
 import wabtInit from 'wabt';
 import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
-import type { Packing, WeightGroup, WeightLayout } from './layout.js';
+import type { Packing, WeightField, WeightGroup, WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
 import { activationPartial } from './activations.js';
@@ -52,8 +52,13 @@ const TEMPLATE_CONSTANTS = {
   grnEps: GRN_EPS,
 };
 
-type GemmEpilogue = 'bias' | 'act' | 'act_sumsq' | 'residual';
-interface GemmSpec { name: string; k: number; n: number; epilogue: GemmEpilogue }
+export type GemmEpilogue = 'bias' | 'act' | 'act_sumsq' | 'residual';
+/**
+ * A GEMM whose weights are integers (q8/q4): bits, rows of K per scale, and where the scales start,
+ * in bytes from the values (both in one group, so one weights pointer reaches both).
+ */
+export interface QuantizedGemm { bits: 8 | 4; blockRows: number; scalesBytes: number }
+export interface GemmSpec { name: string; k: number; n: number; epilogue: GemmEpilogue; quantized?: QuantizedGemm }
 interface NormSpec { name: string; c: number; cs: number; padding: number; eps: number; affine: boolean }
 type StepOf<Op extends PlanStep['op']> = Extract<PlanStep, { op: Op }>;
 
@@ -67,6 +72,30 @@ export interface RenderedWasm {
   sources: { simd: string; relaxed: string };
 }
 
+/**
+ * Integer GEMMs (q8/q4): rows of the register block (8 int32 accumulators + two weight vectors + the
+ * broadcast, as in the float GEMM) and k-pairs per loop step. Measured on ConvNeXt-T q8, 1 thread
+ * (V8 12 / Node 20, AMD EPYC, medians of 7, rows x k-pairs per step): 4x1 157 ms; 4x2 +15%,
+ * 5x1 +29%, 6x1 +16%, 6x2 +30%, 3x2 +27%. The 4x1 block runs the int16 dot products at ~40 GMAC/s,
+ * about half this core's dot_i16x8 peak (73 GMAC/s; f32x4 FMA peaks at 28).
+ */
+const QGEMM_ROWS = 4;
+const QGEMM_TAILS = [4, 2, 1].filter((t) => t < QGEMM_ROWS);
+const QGEMM_UNROLL = 1;
+/** Largest |q| of a stored weight: q8 values lie in [-127, 127], q4 in [-8, 7]. */
+const MAX_WEIGHT = { 8: 127, 4: 8 } as const;
+const INT16_MAX = 32767;
+const INT32_MAX = 2 ** 31 - 1;
+
+/**
+ * The int16 magnitude activations are quantized to: as fine as int16 allows, but small enough that
+ * no int32 accumulator can overflow (q8 sums all of K; q4 sums one block, then goes to float).
+ */
+export function activationLimit(quantized: Pick<QuantizedGemm, 'bits' | 'blockRows'>, k: number): number {
+  const products = Math.min(k, quantized.blockRows);
+  return Math.min(INT16_MAX, Math.floor(INT32_MAX / (MAX_WEIGHT[quantized.bits] * products)));
+}
+
 function tileFor(rowFloats: number): number {
   const rows = Math.floor(TILE_BUDGET_BYTES / (rowFloats * 4));
   return Math.max(GEMM_ROWS, Math.min(64, Math.floor(rows / GEMM_ROWS) * GEMM_ROWS));
@@ -75,8 +104,30 @@ function tileFor(rowFloats: number): number {
 /** Byte offsets of a group's fields from the group's start (the group's address is a kernel argument). */
 function fieldBytes<G extends WeightGroup<string, string>>(group: G): Record<string, number> {
   const bytes: Record<string, number> = {};
-  for (const [name, field] of Object.entries(group.fields)) if (field) bytes[`${name}Bytes`] = (field.offset - group.offset) * 4;
+  for (const [name, field] of Object.entries(group.fields)) {
+    if (!field) continue;
+    bytes[`${name}Bytes`] = (field.offset - group.offset) * 4;
+    const quantized = field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+    if (quantized) bytes[`${name}ScalesBytes`] = (quantized.scales.offset - group.offset) * 4;
+  }
   return bytes;
+}
+
+/**
+ * Floats of per-thread scratch an integer GEMM needs to unpack one 4-bit panel into: its int8
+ * k-pairs (8 bytes per row of K) and its scales as float32. None for q8 and float GEMMs.
+ */
+function unpackFloats(k: number, quantized: QuantizedGemm | undefined): number {
+  if (quantized?.bits !== 4) return 0;
+  return (k * PANEL_WIDTH + Math.ceil(k / quantized.blockRows) * PANEL_WIDTH * 4) / 4;
+}
+
+/** How a GEMM reads its weight matrix: as floats, or as integers + scales. */
+function quantizedGemm(field: WeightField): QuantizedGemm | undefined {
+  const quantized = field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+  if (!quantized) return undefined;
+  if (quantized.kGroup !== 2) throw new Error(`internal: the WASM integer GEMM reads k-pairs, got weights in k-groups of ${quantized.kGroup}`);
+  return { bits: quantized.bits, blockRows: quantized.blockRows, scalesBytes: (quantized.scales.offset - field.offset) * 4 };
 }
 
 const render = (template: string, data: object) => renderTemplate(`wasm/${template}.wat.hbs`, { ...TEMPLATE_CONSTANTS, ...data });
@@ -120,13 +171,16 @@ class WasmKernelSet {
   downsample(step: StepOf<'downsample'>): string {
     const name = `downsample_s${step.level}`;
     const tile = tileFor(4 * step.in.padded);
+    const k = 4 * step.in.padded;
+    const quantized = quantizedGemm(step.weights.fields.weight);
+    const unpack = unpackFloats(k, quantized);
     this.sources.push(render('downsample', {
       name, cin: step.in.real, cout: step.out.real, cinPadded: step.in.padded, coutPadded: step.out.padded, tile,
       norm: this.norm(step.in.real, step.in.padded, step.eps, false),
-      gemm: this.gemm({ name: `gemm_${name}`, k: 4 * step.in.padded, n: step.out.padded, epilogue: 'bias' }),
-      ...fieldBytes(step.weights),
+      gemm: this.gemm({ name: `gemm_${name}`, k, n: step.out.padded, epilogue: 'bias', quantized }),
+      unpackBytes: unpack > 0 && tile * k * 4, ...fieldBytes(step.weights),
     }));
-    this.scratchFloats = Math.max(this.scratchFloats, tile * 4 * step.in.padded);
+    this.scratchFloats = Math.max(this.scratchFloats, tile * k + unpack);
     return name;
   }
 
@@ -145,13 +199,18 @@ class WasmKernelSet {
     const cs = step.channels.padded;
     const hs = step.hidden.padded;
     const tile = tileFor(cs + hs);
-    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act' });
-    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual' });
+    const pw1 = quantizedGemm(step.weights.fields.pw1Weight);
+    const pw2 = quantizedGemm(step.weights.fields.pw2Weight);
+    if (Boolean(pw1) !== Boolean(pw2) || pw1?.bits !== pw2?.bits) throw new Error(`internal: block ${id} has pwconv1 and pwconv2 stored differently`);
+    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act', quantized: pw1 });
+    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual', quantized: pw2 });
+    // 4-bit panels are unpacked past the tiles (dwconv rows, hidden rows) in the thread's scratch
+    const unpack = Math.max(unpackFloats(cs, pw1), unpackFloats(hs, pw2));
     this.sources.push(render('block', {
       id, stage: step.stage, c: step.channels.real, cs, hidden: step.hidden.real, hs, panels: cs / PANEL_WIDTH, tile, grn: step.grn,
-      norm: this.norm(step.channels.real, cs, step.eps, false), grnGammaBytes: 0, ...fields,
+      norm: this.norm(step.channels.real, cs, step.eps, false), grnGammaBytes: 0, unpackBytes: unpack > 0 && tile * (cs + hs) * 4, ...fields,
     }));
-    this.scratchFloats = Math.max(this.scratchFloats, tile * (cs + hs));
+    this.scratchFloats = Math.max(this.scratchFloats, tile * (cs + hs) + unpack);
     if (step.grn) this.grnHidden.push({ level: step.level, floats: hs });
     return id;
   }
@@ -170,18 +229,25 @@ class WasmKernelSet {
     return 'pool';
   }
 
-  classifier(step: StepOf<'classifier'>): string {
+  /** The classifier kernel; `unpack`: it takes the scratch buffer too, to unpack 4-bit weights into. */
+  classifier(step: StepOf<'classifier'>): { kernel: string; unpack: boolean } {
+    const quantized = quantizedGemm(step.weights.fields.weight);
+    const unpack = unpackFloats(step.in.padded, quantized);
     this.head.classifier = {
-      gemm: this.gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias' }), ...fieldBytes(step.weights),
+      gemm: this.gemm({ name: 'gemm_classifier', k: step.in.padded, n: step.labels.padded, epilogue: 'bias', quantized }),
+      unpack: unpack > 0, ...fieldBytes(step.weights),
     };
-    return 'classifier';
+    this.scratchFloats = Math.max(this.scratchFloats, unpack);
+    return { kernel: 'classifier', unpack: unpack > 0 };
   }
 
   /** Every kernel's WAT (the GEMMs depend on the build: relaxed-SIMD FMA or plain multiply + add). */
   kernelSources(activation: StepOf<'block'>['activation'], relaxed: boolean): string[] {
     const head = render('head', { featureMaps: this.head.featureMaps, pool: this.head.pool ?? false, classifier: this.head.classifier ?? false });
     const norms = [...this.norms.values()].map((n) => render('layernorm', n));
+    const quantizers = new Map<string, string>();
     const gemms = [...this.gemms.values()].map((g) => {
+      if (g.quantized) return integerGemmSource(g, g.quantized, activation, quantizers);
       if (g.k % GEMM_UNROLL !== 0 || g.n % PANEL_WIDTH !== 0) throw new Error(`internal: GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
       return render('gemm', {
         ...g, relaxed, activationPartial: activationPartial(activation, 'wasm'), mr: GEMM_ROWS, tails: GEMM_TAILS, unroll: GEMM_UNROLL,
@@ -189,8 +255,34 @@ class WasmKernelSet {
         panelBytes: g.k * PANEL_ROW_BYTES, rowBytesA: g.k * 4, rowBytesC: g.n * 4,
       });
     });
-    return [...this.sources, head, ...norms, ...gemms];
+    return [...this.sources, head, ...norms, ...gemms, ...quantizers.values()];
   }
+}
+
+/**
+ * An integer GEMM's WAT (exported for its exact-integer test); the activation quantizer it calls
+ * (one per K and limit) is added to `quantizers`. Identical in the plain and relaxed builds: the integer part is exact, and the
+ * float epilogue uses no FMA, so q8/q4 packages give the same numbers on every engine.
+ */
+export function integerGemmSource(g: GemmSpec, quantized: QuantizedGemm, activation: StepOf<'block'>['activation'], quantizers: Map<string, string>): string {
+  const pairs = g.k / 2;
+  if (g.k % 8 !== 0 || pairs % QGEMM_UNROLL !== 0 || g.n % PANEL_WIDTH !== 0) throw new Error(`internal: integer GEMM ${g.name} is ${g.k}x${g.n}, not padded`);
+  const q4 = quantized.bits === 4;
+  if (q4 && (quantized.blockRows / 2) % QGEMM_UNROLL !== 0) throw new Error(`internal: q4 blocks of ${quantized.blockRows} rows do not fit the unroll`);
+  const limit = activationLimit(quantized, g.k);
+  const quantize = `quantize_k${g.k}_l${limit}`;
+  if (!quantizers.has(quantize)) {
+    quantizers.set(quantize, render('quantize', {
+      name: quantize, k: g.k, limit, accumulated: Math.min(g.k, quantized.blockRows), maxWeight: MAX_WEIGHT[quantized.bits],
+    }));
+  }
+  const blocks = Math.ceil(g.k / quantized.blockRows);
+  return render('qgemm', {
+    ...g, q4, quantize, activationPartial: activationPartial(activation, 'wasm'), mr: QGEMM_ROWS, tails: QGEMM_TAILS, unroll: QGEMM_UNROLL,
+    unrolled: Array.from({ length: QGEMM_UNROLL }, (_, i) => i), panels: g.n / PANEL_WIDTH,
+    panelBytes: (g.k * PANEL_WIDTH * quantized.bits) / 8, rowBytesA: g.k * 4, rowBytesC: g.n * 4, rowScaleOffset: g.k * 2,
+    pairBytes: g.k * PANEL_WIDTH, scalesBytes: quantized.scalesBytes, blockRows: quantized.blockRows, blocks, scalePanelBytes: blocks * PANEL_WIDTH * 2,
+  });
 }
 
 // ---- the dispatch list: argument lists by role ------------------------------------------------
@@ -233,8 +325,10 @@ function wasmStep(step: PlanStep, kernels: WasmKernelSet): WasmStep {
       return make('pooler_output', [call(kernels.pool(step), args)], [{ op: 'readRows', output: 'pooler_output', buffer: 'pooled', channels: step.channels }]);
     }
     case 'classifier': {
-      const args = [buffer('pooled', { level: null, floats: step.in.padded }), buffer('logits', { level: null, floats: step.labels.padded }), weights(step.weights)];
-      return make('logits', [call(kernels.classifier(step), args)], [{ op: 'readRows', output: 'logits', buffer: 'logits', channels: step.labels }]);
+      const { kernel, unpack } = kernels.classifier(step);
+      const args = [buffer('pooled', { level: null, floats: step.in.padded }), buffer('logits', { level: null, floats: step.labels.padded }), weights(step.weights),
+        ...(unpack ? [buffer('scratch')] : [])];
+      return make('logits', [call(kernel, args)], [{ op: 'readRows', output: 'logits', buffer: 'logits', channels: step.labels }]);
     }
   }
 }
