@@ -117,8 +117,9 @@ export async function loadWeights(source: ByteSource, manifest: ModelManifest, o
   const expected = weightsFileBytes(manifest.weights);
   const wrongSize = (actual: number, atLeast = false) =>
     new Error(
-      `cxc: the weights file ${describe(source)} is ${atLeast ? 'more than ' : ''}${actual} bytes but ${manifest.name} expects ${expected}: ` +
-        'it was packed for a different config or target, or it is truncated (make it with `cxc weights model.safetensors --config config.json`)',
+      `cxc: the weights file ${describe(source)} is ${atLeast ? 'more than ' : ''}${actual} bytes but ${manifest.name} expects ${expected} (${manifest.weights.dtype} weights): ` +
+        'it was packed for a different config, target or dtype, or it is truncated (make it with ' +
+        `\`cxc weights model.safetensors --config config.json --target ${manifest.target}${manifest.weights.dtype === 'f32' ? '' : ` --weights-dtype ${manifest.weights.dtype}`}\`)`,
     );
   if (isCachingSource(source)) {
     let bytes: Uint8Array;

@@ -87,6 +87,35 @@ describe('cxc CLI', () => {
     expectUserError((await cxc('run', bareOut, '--weights', truncated, '--input', goldenPath('models', 'micro', 'golden.safetensors'), '--output', result)), /is 1000 bytes but micro-wasm expects \d+/);
   });
 
+  test('q8: check reports the declared bar; a bare q8 build runs weights packed by `cxc weights --weights-dtype q8` bit for bit', async () => {
+    const checked = await cxc('check', micro, '--weights-dtype', 'q8', '--json');
+    expect(checked.code, checked.stdout + checked.stderr).toBe(0);
+    const report = JSON.parse(checked.stdout) as { weightsDtype: string; rows: Array<{ output: string; relativeError: number; tolerance: number; top5?: string }> };
+    expect(report.weightsDtype).toBe('q8');
+    const logits = report.rows.find((r) => r.output === 'logits')!;
+    expect(logits.relativeError).toBeGreaterThan(1e-5); // the rounding shows: q8 really ran
+    expect(logits.relativeError).toBeLessThan(3e-2);
+    const full = join(work, 'micro-q8');
+    const bare = join(work, 'bare-q8');
+    expect((await cxc('build', micro, '--weights-dtype', 'q8', '-o', full)).code).toBe(0);
+    expect((await cxc('build', join(micro, 'config.json'), '--weights-dtype', 'q8', '-o', bare)).code).toBe(0);
+    const weights = join(work, 'micro-q8.bin');
+    const pack = await cxc('weights', join(micro, 'model.safetensors'), '--config', join(micro, 'config.json'), '--weights-dtype', 'q8', '-o', weights);
+    expect(pack.code, pack.stderr).toBe(0);
+    expect(readFileSync(weights).equals(readFileSync(join(full, 'weights.bin')))).toBe(true);
+    const outputs = await Promise.all([[full], [bare, '--weights', weights]].map(async ([dir, ...extra], i) => {
+      const result = join(work, `q8-out-${i}.safetensors`);
+      const run = await cxc('run', dir, ...extra, '--input', goldenPath('models', 'micro', 'golden.safetensors'), '--output', result);
+      expect(run.code, run.stderr).toBe(0);
+      return floats(readSafetensors(new Uint8Array(readFileSync(result)), result).get('logits'));
+    }));
+    expect(Array.from(outputs[1])).toEqual(Array.from(outputs[0]));
+    // an f32 weights file is refused by a q8 module: its size says so
+    const f32Weights = join(work, 'micro-weights-f32.bin');
+    expect((await cxc('weights', join(micro, 'model.safetensors'), '--config', join(micro, 'config.json'), '-o', f32Weights)).code).toBe(0);
+    expectUserError(await cxc('run', bare, '--weights', f32Weights, '--input', goldenPath('models', 'micro', 'golden.safetensors'), '--output', join(work, 'x.safetensors')), /bytes but micro-wasm expects \d+/);
+  });
+
   test('a corrupted bundled weights file fails its checksum', async () => {
     const corrupt = join(work, 'corrupt');
     expect((await cxc('build', micro, '-o', corrupt)).code).toBe(0);
@@ -120,7 +149,8 @@ describe('cxc CLI', () => {
   test('check passes on the goldens and fails (exit 1) past tolerance', async () => {
     const ok = (await cxc('check', micro, '--target', 'wasm'));
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.stdout).toMatch(/logits\s+\[2,10\]\s+\S+\s+\S+\s+ok/);
+    // output, shape, max |error|, relative, tolerance, top-5 kept, result
+    expect(ok.stdout).toMatch(/logits\s+\[2,10\]\s+\S+\s+\S+\s+\S+\s+2\/2\s+ok/);
     const golden = readGolden('models', 'micro', 'golden.safetensors');
     const logits = floats(golden.get('logits')).slice();
     logits[5] += 0.01;
