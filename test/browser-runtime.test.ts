@@ -32,7 +32,9 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const PREPROCESS_DIR = goldenPath('preprocess');
 
 const work = mkdtempSync(join(tmpdir(), 'cxc-browser-runtime-'));
-const dirs = { 'micro-wasm': join(work, 'micro-wasm'), 'micro-webgpu': join(work, 'micro-webgpu'), 'tiny-wasm': join(work, 'tiny-wasm') } as const;
+const dirs = {
+  'micro-wasm': join(work, 'micro-wasm'), 'micro-webgpu': join(work, 'micro-webgpu'), 'tiny-wasm': join(work, 'tiny-wasm'), 'tiny-q8-wasm': join(work, 'tiny-q8-wasm'),
+} as const;
 let server: Server | undefined;
 let origin = '';
 let browser: Browser | undefined;
@@ -173,7 +175,7 @@ function call<T>(page: Page, step: string, ...args: unknown[]): Promise<T> {
   return page.evaluate(`window.harness.${step}(${args.map((a) => JSON.stringify(a)).join(', ')})`) as Promise<T>;
 }
 
-const build = (input: string, out: string, target: 'wasm' | 'webgpu' = 'wasm') => buildPackage(input, out, target);
+const build = (input: string, out: string, target: 'wasm' | 'webgpu' = 'wasm', extra: string[] = []) => buildPackage(input, out, target, extra);
 
 /** /pkg/<name>/... the built packages, /golden/... the golden PNGs, / the page; cross-origin isolated. */
 function serve(): Promise<string> {
@@ -215,7 +217,7 @@ describe('the package in a browser page', () => {
     if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install chromium`);
     await Promise.all([
       build(goldenPath('models', 'micro'), dirs['micro-wasm']).then(() => build(goldenPath('models', 'micro'), dirs['micro-webgpu'], 'webgpu')),
-      build(goldenPath('models', 'convnext-tiny-224'), dirs['tiny-wasm']),
+      build(goldenPath('models', 'convnext-tiny-224'), dirs['tiny-wasm']).then(() => build(goldenPath('models', 'convnext-tiny-224'), dirs['tiny-q8-wasm'], 'wasm', ['--weights-dtype', 'q8'])),
     ]);
     origin = await serve();
     browser = await puppeteer.launch({
@@ -345,6 +347,16 @@ describe('the package in a browser page', () => {
     const { sources } = result;
     expect(Object.keys(sources)).toHaveLength(11);
     for (const [name, top] of Object.entries(sources)) expect(top, name).toEqual(goldenTop5());
+    expect(problems).toEqual([]);
+    await page.close();
+  }, 300_000);
+
+  test('a q8 package (integer kernels, Chromium\'s relaxed-SIMD build) classifies the cat photo to the golden top 5 in a worker', async () => {
+    const { page, problems } = await openPage();
+    const result = await call<{ top: number[]; backend: string; classifyMs: number; sources: Record<string, number[]> }>(page, 'workerCat', 'tiny-q8-wasm', '/golden/chelsea.png');
+    console.log(`ConvNeXt-T q8 in a Web Worker: classify ${result.classifyMs.toFixed(0)} ms; ${result.backend}`);
+    expect(result.top).toEqual(goldenTop5());
+    expect(result.backend).toMatch(/^WASM .*, in a Web Worker$/);
     expect(problems).toEqual([]);
     await page.close();
   }, 300_000);
