@@ -15,6 +15,11 @@
  *   featureMap  -> feature-map (LayerNorm with affine -> NCHW)
  *   pool        -> pool (mean + LayerNorm)
  *   classifier  -> classifier
+ *
+ * Weights dtype q8/q4 (compiler/quantize.ts): the kernels that read a quantized matrix (block-mlp,
+ * grn-expand, grn-project, downsample, classifier) bind its window as packed u32 words and unpack
+ * them in the shader (templates/wgsl/partials/quantized-*), so the GPU holds and reads a quarter
+ * (q8) or an eighth (q4) of the f32 matrix bytes; activations and sums stay f32.
  */
 import { alignUp, type Packing, type WeightField, type WeightGroup, type WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
