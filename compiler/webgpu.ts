@@ -15,16 +15,22 @@
  *   featureMap  -> feature-map (LayerNorm with affine -> NCHW)
  *   pool        -> pool (mean + LayerNorm)
  *   classifier  -> classifier
+ *
+ * Weights dtype q8/q4 (compiler/quantize.ts): the kernels that read a quantized matrix (block-mlp,
+ * grn-expand, grn-project, downsample, classifier) bind its window as packed u32 words and unpack
+ * them in the shader (templates/wgsl/partials/quantized-*), so the GPU holds and reads a quarter
+ * (q8) or an eighth (q4) of the f32 matrix bytes; activations and sums stay f32.
  */
-import type { Packing, WeightGroup, WeightLayout } from './layout.js';
+import { alignUp, type Packing, type WeightField, type WeightGroup, type WeightLayout } from './layout.js';
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
 import { activationEntry, activationPartial } from './activations.js';
 import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
+import { CxcError } from './errors.js';
 import type {
   WebGpuBufferName, WebGpuBufferSize, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
 } from '../runtime/webgpu.js';
-import type { Activation, ActivationBufferName } from '../runtime/types.js';
+import type { Activation, ActivationBufferName, QuantizedStorage } from '../runtime/types.js';
 
 /**
  * Channels padded to 4 (one vec4); matrices plain row-major [K][N] (one panel): a kernel reads
@@ -70,6 +76,12 @@ export interface WebGpuRenderOptions {
 
 export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: WebGpuRenderOptions = {}): WebGpuProgram {
   const { packing } = layout;
+  if (options.precision === 'f16' && (packing.dtype === 'q8' || packing.dtype === 'q4')) {
+    // The f16 program stores every weight as a half: packed integers would be read as numbers.
+    throw new CxcError(`--precision f16 does not combine with --weights-dtype ${packing.dtype}: the ${packing.dtype} kernels keep the weights packed and compute in f32`, {
+      hint: `build with --precision f32 (already ${packing.dtype === 'q8' ? 'a quarter' : 'an eighth'} of the f32 weight bytes), or --weights-dtype f16 --precision f16`,
+    });
+  }
   if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
     throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
   }
@@ -100,8 +112,40 @@ interface BlockKernels {
   pw2: WeightWindow;
 }
 
-/** A kernel's bound window of weight fields (see ProgramBuilder.weights). */
-interface WeightWindow { resource: WebGpuResource; weightBase: number; fields: Record<string, number> }
+/**
+ * A kernel's bound window of weight fields (see ProgramBuilder.weights). `bits` is 8 or 4 when it
+ * holds a quantized matrix: the kernel then binds it as packed words, vec4<u32> (q8) or vec2<u32>
+ * (q4), one per 4 k x 4 columns, and `fields` count those elements (q4: two per vec4).
+ */
+interface WeightWindow { resource: WebGpuResource; weightBase: number; fields: Record<string, number>; bits: 0 | 8 | 4; k4PerBlock: number }
+
+/** Elements of a quantized window's binding per 4 floats (4-byte words). */
+const ELEMENTS_PER_VEC4 = { 8: 1, 4: 2 } as const;
+
+function quantizedStorage(field: WeightField): QuantizedStorage | undefined {
+  return field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+}
+
+/** The quantization of a window's matrices: none, or one kind for all of them. */
+function windowQuantization(key: string, fields: WeightField[]): { bits: 0 | 8 | 4; k4PerBlock: number } {
+  const kinds = new Set(fields.map(quantizedStorage).filter((q) => q !== undefined).map((q) => `${q.bits}/${q.blockRows}/${q.kGroup}`));
+  if (kinds.size === 0) return { bits: 0, k4PerBlock: 0 };
+  const quantized = fields.map(quantizedStorage).find((q) => q !== undefined)!;
+  if (kinds.size > 1) throw new Error(`internal: weight window of ${key} mixes quantizations ${[...kinds].join(', ')}`);
+  if (quantized.kGroup !== WEBGPU_PACKING.kGroup || quantized.blockRows % quantized.kGroup !== 0) {
+    throw new Error(`internal: quantized weights of ${key} need k-groups of ${WEBGPU_PACKING.kGroup} and blocks of whole k-groups, got ${JSON.stringify(quantized)}`);
+  }
+  return { bits: quantized.bits, k4PerBlock: quantized.blockRows / quantized.kGroup };
+}
+
+/**
+ * What a matrix kernel's template needs to read its weights: float vec4s, or packed words
+ * (templates/wgsl/partials/quantized-*.wgsl.hbs unpack them).
+ */
+function matrixAccess(precision: WebGpuPrecision, weights?: WeightWindow) {
+  if (!weights?.bits) return { quantized: false, weightBits: 0, weightElement: `vec4<${precision}>`, k4PerBlock: 0 };
+  return { quantized: true, weightBits: weights.bits, weightElement: weights.bits === 8 ? 'vec4<u32>' : 'vec2<u32>', k4PerBlock: weights.k4PerBlock };
+}
 
 /** Largest divisor of n that is at most max. */
 function largestDivisorAtMost(n: number, max: number): number {
@@ -171,23 +215,35 @@ class ProgramBuilder {
     const chosen = names.map((name) => {
       const field = group.fields[name];
       if (!field) throw new Error(`internal: weight group ${group.key} has no field ${name}`);
-      if (field.offset % 4 !== 0) throw new Error(`internal: weight field ${group.key}.${name} is not vec4-aligned`);
       return [name, field] as const;
     });
-    const base = Math.min(...chosen.map(([, f]) => f.offset));
+    // A quantized matrix's scales lie at their own offset, outside [offset, offset + length): the window covers them too.
+    const ranges = chosen.flatMap(([name, f]) => {
+      const scales = quantizedStorage(f)?.scales;
+      return [[name, f.offset, f.length], ...(scales ? [[`${name}Scales`, scales.offset, scales.words] as const] : [])] as const;
+    });
+    const base = Math.min(...ranges.map(([, offset]) => offset));
     const align = WEIGHT_WINDOW_BYTES / (this.half ? 2 : 4);
     const start = Math.floor(base / align) * align;
-    const end = Math.max(...chosen.map(([, f]) => f.offset + f.length));
-    if ((end - start) % 4 !== 0) throw new Error(`internal: weight window of ${group.key} does not end on a vec4`);
-    const fields = Object.fromEntries(chosen.map(([name, f]) => [name, (f.offset - base) / 4]));
-    return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (base - start) / 4, fields };
+    const end = alignUp(Math.max(...ranges.map(([, offset, length]) => offset + length)), 4);
+    ranges.forEach(([name, offset]) => {
+      if (offset % 4 !== 0) throw new Error(`internal: weight field ${group.key}.${name} is not vec4-aligned`);
+    });
+    const { bits, k4PerBlock } = windowQuantization(group.key, chosen.map(([, f]) => f));
+    const perVec4 = bits ? ELEMENTS_PER_VEC4[bits] : 1;
+    const fields = Object.fromEntries(ranges.map(([name, offset]) => [name, ((offset - base) / 4) * perVec4]));
+    return { resource: { kind: 'weights', offset: start, floats: end - start }, weightBase: (base - start) / 4, fields, bits, k4PerBlock };
   }
 
-  private shader(label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number): number {
+  /** Renders (or reuses) a kernel; `weights` is the window its matrix is read from, where it has one (it decides the weight binding's type). */
+  private shader(
+    label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number,
+    weights?: WeightWindow,
+  ): number {
     if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
-    const types = { half: this.half, weightType: this.precision, halfType: this.precision };
+    const types = { half: this.half, weightType: this.precision, halfType: this.precision, ...matrixAccess(this.precision, weights) };
     const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...TEMPLATE_CONSTANTS, ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
     const code = this.half ? `enable f16;\n${rendered}` : rendered;
     const existing = this.shaderIndex.get(code);
@@ -250,7 +306,7 @@ class ProgramBuilder {
     const shader = this.shader(`downsample to stage ${step.level} (${step.in.real} -> ${step.out.real} channels)`, 'downsample', {
       in4: step.in.padded / 4, inReal: step.in.real, out4, eps: step.eps, tilePixels: MATMUL_TILE_PIXELS, columns4, tapCount,
       fields: weights.fields,
-    }, workgroupSize, tapCount * 8, 3);
+    }, workgroupSize, tapCount * 8, 3, weights);
     this.usePerPixel(step.dst, step.level, step.out.padded);
     this.kernel({
       label: `stages.${step.level}.downsample`, shader, level: step.level, inLevel: step.level - 1, weightBase: weights.weightBase,
@@ -310,10 +366,11 @@ class ProgramBuilder {
 
   /** pwconv1 + activation + pwconv2 + residual in one kernel, the hidden tile in workgroup memory. */
   private blockMlp({ step, name, channels4, hidden4, src, dst, common, activationCode, pw1, pw2 }: BlockKernels): void {
+    if (pw1.bits !== pw2.bits) throw new Error(`internal: block ${name} has pwconv1 and pwconv2 quantized differently`);
     const mlp = this.mlpShape(channels4, hidden4);
     const shader = this.shader(`stage ${step.stage} block: MLP (${step.channels.real} -> ${step.hidden.real} -> ${step.channels.real}, ${step.activation})`, 'block-mlp', {
       channels4, hidden4, fields: { ...pw1.fields, ...pw2.fields }, activationCode, ...mlp,
-    }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5);
+    }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5, pw1);
     // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
     this.kernel({
       ...common, label: `${name}: MLP`, shader, weightBase: pw1.weightBase, weightBase2: pw2.weightBase,
@@ -337,7 +394,7 @@ class ProgramBuilder {
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
     const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
       channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields: pw1.fields, activationCode,
-    }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3);
+    }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3, pw1);
     this.kernel({
       ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: hidden4 / expandColumns4 },
@@ -392,7 +449,7 @@ class ProgramBuilder {
     const projectColumns4 = largestDivisorAtMost(channels4, MATMUL_MAX_COLUMNS4);
     const project = this.shader(`stage ${step.stage} block: GRN + pwconv2 + residual (${step.hidden.real} -> ${step.channels.real})`, 'grn-project', {
       channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields: pw2.fields,
-    }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5);
+    }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5, pw2);
     this.kernel({
       ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2.weightBase,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: channels4 / projectColumns4 },
@@ -511,7 +568,7 @@ class ProgramBuilder {
     const labels4 = step.labels.padded / 4;
     const shader = this.shader(`classifier (${step.in.real} -> ${step.labels.real})`, 'classifier', {
       channels4: step.in.padded / 4, labels4, labelsReal: step.labels.real, fields: weights.fields,
-    }, SIMPLE_WORKGROUP, 0, 3);
+    }, SIMPLE_WORKGROUP, 0, 3, weights);
     this.outputs.push({ name: 'logits', level: null, channels: step.labels.real, onlyWithHiddenStates: false });
     this.kernel({
       label: 'classifier', shader, level: this.plan.levels.length - 1, inLevel: null, weightBase: weights.weightBase,

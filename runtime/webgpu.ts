@@ -33,7 +33,11 @@ export interface WebGpuBufferSize {
 export type WebGpuResource =
   /** The kernel's slot of the per-dispatch uniform parameters (struct Params in the WGSL). */
   | { kind: 'params' }
-  /** Floats [offset, offset + floats) of the weights file; offset is a multiple of 64 floats (256 bytes). */
+  /**
+   * 4-byte words [offset, offset + floats) of the weights file, copied to the GPU as they are (floats,
+   * or a q8/q4 matrix's packed integers and scales, which its kernels read as u32 words); offset is a
+   * multiple of 64 words (256 bytes).
+   */
   | { kind: 'weights'; offset: number; floats: number }
   | { kind: 'buffer'; buffer: WebGpuBufferName }
   /** The window of the outputs buffer that holds the output tensor of this name. */
