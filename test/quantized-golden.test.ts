@@ -1,108 +1,20 @@
 /**
- * q8 and q4 packages (issue 10) against every golden case, on both targets, built and loaded as a
- * user does. Every output is compared with the float64 goldens and its error printed; the bars
- * are the declared ones of compiler/compare.ts (relative to max(1, max|golden|)). On ConvNeXt-T the
- * q8 logits must keep the golden top-5 classes, in order, on both golden inputs and on the cat
- * photo end to end; q4's top-5 is reported (4 bits cannot keep it on these uniform random weights).
- * The WebGPU packages run on Dawn + SwiftShader.
+ * q8 and q4 packages (issue 10) against every golden case on both targets (WebGPU on Dawn +
+ * SwiftShader): see test/helpers/quantized-golden.ts for what is compared and asserted.
  */
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { decodeImageFile } from '../compiler/image.js';
-import { WEIGHTS_DTYPE_BARS, compareToGolden, topK } from '../compiler/compare.js';
+import { beforeAll, expect, test } from 'vitest';
+import { WEIGHTS_DTYPE_BARS } from '../compiler/compare.js';
 import { nodeGpu } from '../compiler/node-gpu.js';
-import type { ModelOutputs } from '../runtime/types.js';
-import { buildToTemp, type BuiltModule } from './helpers/build.js';
-import { floats, goldenPath, readGolden } from './helpers/golden.js';
-
-const CASES = [
-  { name: 'micro', dir: 'micro', golden: 'micro' },
-  { name: 'micro backbone', dir: 'micro/backbone', golden: 'micro' },
-  { name: 'small-bf16', dir: 'small-bf16', golden: 'small-bf16' },
-  { name: 'v2-micro', dir: 'v2-micro', golden: 'v2-micro' },
-  { name: 'convnext-tiny-224', dir: 'convnext-tiny-224', golden: 'convnext-tiny-224' },
-];
-const TARGETS = ['wasm', 'webgpu'] as const;
-const DTYPES = ['q8', 'q4'] as const;
+import { describeQuantizedGoldens } from './helpers/quantized-golden.js';
 
 let gpu: GPU;
 beforeAll(async () => {
   gpu = await nodeGpu();
 });
 
-function producedOutputs(out: ModelOutputs): Map<string, Float32Array> {
-  const produced = new Map<string, Float32Array>();
-  if (out.logits) produced.set('logits', out.logits);
-  if (out.poolerOutput) produced.set('pooler_output', out.poolerOutput);
-  produced.set('last_hidden_state', out.lastHiddenState);
-  out.hiddenStates?.forEach((h, k) => produced.set(`hidden_states.${k}`, h));
-  out.featureMaps?.forEach((f, k) => produced.set(`backbone.feature_maps.${k}`, f));
-  return produced;
+for (const target of ['wasm', 'webgpu'] as const) {
+  for (const dtype of ['q8', 'q4'] as const) describeQuantizedGoldens({ target, dtype, gpu: () => gpu, label: target === 'webgpu' ? 'webgpu (SwiftShader)' : target });
 }
-
-const sameTop5 = (actual: Float32Array, golden: Float32Array, classes: number) => {
-  const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
-  return ours.map((row, i) => row.join() === theirs[i].join());
-};
-
-describe.each(TARGETS.flatMap((target) => DTYPES.map((dtype) => ({ target, dtype }))))('$dtype on $target', ({ target, dtype }) => {
-  const built: BuiltModule[] = [];
-  afterAll(() => {
-    for (const b of built) b.remove();
-  });
-
-  const load = async (dir: string) => {
-    const module = await buildToTemp({ input: goldenPath('models', dir), target, weightsDtype: dtype });
-    built.push(module);
-    expect(module.compiled.manifest.weights.dtype).toBe(dtype);
-    return { module, model: await module.load(target === 'webgpu' ? { gpu } : {}) };
-  };
-
-  test.each(CASES)(`$name: every output within ${dtype}'s bar`, async ({ dir, golden: goldenCase }) => {
-    const { module, model } = await load(dir);
-    try {
-      const golden = readGolden('models', goldenCase, 'golden.safetensors');
-      const input = golden.get('pixel_values')!;
-      const [batch, , height, width] = input.shape;
-      const out = await model.run(floats(input), { batch, height, width, outputHiddenStates: true });
-      const produced = producedOutputs(out);
-      const isBackbone = module.compiled.manifest.head === 'backbone';
-      const report: string[] = [];
-      let compared = 0;
-      for (const [key, tensor] of golden) {
-        if (key === 'pixel_values') continue;
-        if (isBackbone !== key.startsWith('backbone.') && !key.startsWith('hidden_states.')) continue;
-        const actual = produced.get(key);
-        expect(actual, `output ${key} missing`).toBeDefined();
-        const { maxError, tolerance, maxGolden } = compareToGolden(actual!, floats(tensor, key), dtype);
-        report.push(`${key} ${(maxError / Math.max(1, maxGolden)).toExponential(2)}`);
-        expect(maxError, `${key}: max error ${maxError} over ${dtype}'s tolerance ${tolerance}`).toBeLessThanOrEqual(tolerance);
-        compared++;
-      }
-      expect(compared).toBeGreaterThanOrEqual(isBackbone ? 4 : 3);
-      const logits = golden.get('logits');
-      const kept = out.logits && logits && logits.shape[1] >= 5 ? sameTop5(out.logits, floats(logits), logits.shape[1]) : undefined;
-      console.log(`${dtype} ${target} ${dir}: error / max(1, max|golden|): ${report.join(', ')}${kept ? `; top-5 kept ${kept.filter(Boolean).length}/${kept.length}` : ''}`);
-      if (dir === 'convnext-tiny-224' && dtype === 'q8') expect(kept).toEqual([true, true]);
-    } finally {
-      model.dispose();
-    }
-  });
-
-  test('ConvNeXt-T end to end on chelsea.png: top-5 of the golden run', async () => {
-    const { model } = await load('convnext-tiny-224');
-    try {
-      const golden = readGolden('models', 'convnext-tiny-224', 'end2end-chelsea.safetensors');
-      const image = await decodeImageFile(goldenPath('preprocess', 'chelsea.png'));
-      const top = await model.classify(image, { topK: 5 });
-      const expected = topK(floats(golden.get('logits')), 1000, 5)[0];
-      console.log(`${dtype} ${target} chelsea.png top-5: ${top.map((t) => t.index).join(',')} (golden ${expected.join(',')})`);
-      if (dtype === 'q8') expect(top.map((t) => t.index)).toEqual(expected);
-      else expect(top.every((t) => Number.isFinite(t.score))).toBe(true);
-    } finally {
-      model.dispose();
-    }
-  });
-});
 
 test('the bars are ordered: f32 < f16 < q8 < q4', () => {
   expect(WEIGHTS_DTYPE_BARS.f32).toBeLessThan(WEIGHTS_DTYPE_BARS.f16);
