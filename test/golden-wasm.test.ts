@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { decodeImageFile } from '../compiler/image.js';
 import type { ConvNextModel } from '../runtime/model.js';
 import { buildToTemp, type BuiltModule } from './helpers/build.js';
-import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
+import { compare, floats, goldenPairs, goldenPath, readGolden } from './helpers/golden.js';
 
 const CASES = [
   { name: 'micro', dir: 'micro', golden: 'micro' },
@@ -37,19 +37,8 @@ describe.each(CASES)('WASM golden: $name', ({ dir, golden: goldenCase }) => {
     const [batch, , height, width] = input.shape;
     const out = await model.run(floats(input), { batch, height, width, outputHiddenStates: true });
     const isBackbone = built.compiled.manifest.head === 'backbone';
-    const produced = new Map<string, Float32Array>();
-    if (out.logits) produced.set('logits', out.logits);
-    if (out.poolerOutput) produced.set('pooler_output', out.poolerOutput);
-    produced.set('last_hidden_state', out.lastHiddenState);
-    out.hiddenStates?.forEach((h, k) => produced.set(`hidden_states.${k}`, h));
-    out.featureMaps?.forEach((f, k) => produced.set(`backbone.feature_maps.${k}`, f));
-
     let compared = 0;
-    for (const [key, tensor] of golden) {
-      if (key === 'pixel_values') continue;
-      // the backbone's golden file is shared with the classification model: compare only its own outputs
-      if (isBackbone !== key.startsWith('backbone.') && !key.startsWith('hidden_states.')) continue;
-      const actual = produced.get(key);
+    for (const { key, expected: tensor, actual } of goldenPairs(golden, out, isBackbone)) {
       expect(actual, `output ${key} missing`).toBeDefined();
       expect(out.shapes[key.replace('backbone.', '')], `shape of ${key}`).toEqual(tensor.shape);
       const { maxError, tolerance } = compare(actual!, floats(tensor, key));

@@ -10,9 +10,9 @@
 import { afterAll, describe, expect, test } from 'vitest';
 import { decodeImageFile } from '../../compiler/image.js';
 import { compareToGolden, topK } from '../../compiler/compare.js';
-import type { ModelOutputs, WeightsFileDtype } from '../../runtime/types.js';
+import type { WeightsFileDtype } from '../../runtime/types.js';
 import { buildToTemp, type BuiltModule } from './build.js';
-import { floats, goldenPath, readGolden } from './golden.js';
+import { floats, goldenPairs, goldenPath, readGolden } from './golden.js';
 
 export const QUANTIZED_CASES = [
   { name: 'micro', dir: 'micro', golden: 'micro' },
@@ -21,16 +21,6 @@ export const QUANTIZED_CASES = [
   { name: 'v2-micro', dir: 'v2-micro', golden: 'v2-micro' },
   { name: 'convnext-tiny-224', dir: 'convnext-tiny-224', golden: 'convnext-tiny-224' },
 ];
-
-function producedOutputs(out: ModelOutputs): Map<string, Float32Array> {
-  const produced = new Map<string, Float32Array>();
-  if (out.logits) produced.set('logits', out.logits);
-  if (out.poolerOutput) produced.set('pooler_output', out.poolerOutput);
-  produced.set('last_hidden_state', out.lastHiddenState);
-  out.hiddenStates?.forEach((h, k) => produced.set(`hidden_states.${k}`, h));
-  out.featureMaps?.forEach((f, k) => produced.set(`backbone.feature_maps.${k}`, f));
-  return produced;
-}
 
 const sameTop5 = (actual: Float32Array, golden: Float32Array, classes: number) => {
   const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
@@ -62,14 +52,10 @@ export function describeQuantizedGoldens(
         const input = golden.get('pixel_values')!;
         const [batch, , height, width] = input.shape;
         const out = await model.run(floats(input), { batch, height, width, outputHiddenStates: true });
-        const produced = producedOutputs(out);
         const isBackbone = module.compiled.manifest.head === 'backbone';
         const report: string[] = [];
         let compared = 0;
-        for (const [key, tensor] of golden) {
-          if (key === 'pixel_values') continue;
-          if (isBackbone !== key.startsWith('backbone.') && !key.startsWith('hidden_states.')) continue;
-          const actual = produced.get(key);
+        for (const { key, expected: tensor, actual } of goldenPairs(golden, out, isBackbone)) {
           expect(actual, `output ${key} missing`).toBeDefined();
           const { maxError, tolerance, maxGolden } = compareToGolden(actual!, floats(tensor, key), dtype);
           report.push(`${key} ${(maxError / Math.max(1, maxGolden)).toExponential(2)}`);
