@@ -103,10 +103,14 @@ export interface CompiledModule {
   files: Map<string, string | Uint8Array>;
 }
 
-/** A valid npm package name from free text (a folder or file name): `<name>-<target>`, e.g. convnext-tiny-224-webgpu. */
-export function packageNameFor(baseName: string, target: TargetName): string {
+/**
+ * A valid npm package name from free text (a folder or file name): `<name>-<target>`, e.g.
+ * convnext-tiny-224-webgpu; a rounded weights dtype is part of the variant: convnext-tiny-224-q8-wasm.
+ */
+export function packageNameFor(baseName: string, target: TargetName, weightsDtype: WeightsFileDtype = 'f32'): string {
   const cleaned = baseName.toLowerCase().replace(/[^a-z0-9._-]+/g, '-').replace(/^[._-]+|[-_.]+$/g, '') || 'convnext';
-  return `${cleaned.slice(0, 213 - target.length).replace(/[-_.]+$/, '')}-${target}`;
+  const suffix = weightsDtype === 'f32' ? `-${target}` : `-${weightsDtype}-${target}`;
+  return `${cleaned.slice(0, 214 - suffix.length).replace(/[-_.]+$/, '')}${suffix}`;
 }
 
 export async function compileModel(options: CompileOptions): Promise<CompiledModule> {
@@ -133,7 +137,7 @@ export async function compileModel(options: CompileOptions): Promise<CompiledMod
   const rendered = await target.render(plan, layout, { precision: options.precision });
   progress(3);
 
-  const name = options.packageName ?? packageNameFor(loaded.baseName, options.target);
+  const name = options.packageName ?? packageNameFor(loaded.baseName, options.target, options.weightsDtype);
   const weightsFile = packed ? weightsFileBytes(packed.data, weightsDtype, loaded.weightsPath!) : undefined;
   const manifest: ModelManifest = {
     name,

@@ -143,7 +143,7 @@ program
     const model = await resolveModelArgument(input);
     const started = performance.now();
     // A hub snapshot folder is named by its commit: the package is named after the repo instead.
-    const hubPackageName = model.hub ? packageNameFor(model.hub.repo.split('/')[1], options.target) : undefined;
+    const hubPackageName = model.hub ? packageNameFor(model.hub.repo.split('/')[1], options.target, options.weightsDtype) : undefined;
     const steps = BUILD_STAGES.length + 1;
     const bar = progressBar('building');
     let built: CompiledModule;

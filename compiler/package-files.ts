@@ -216,7 +216,8 @@ function readmePrecision({ manifest, wasm, quantization }: ReadmeContext): strin
     const relative = Math.sqrt(quantization.squaredError / quantization.squaredWeights);
     lines.push(`Measured when this package was built: the rounded weights differ from the checkpoint's by ${(relative * 100).toFixed(2)}% (root mean square, relative) over ${formatCount(quantization.count)} quantized weights.`, '');
   }
-  lines.push('Outputs are not bit-equal to transformers\' float32 ones: measure them on your images with `npx cxc check MODEL_DIR --weights-dtype ' + dtype + '` (it compares with golden outputs), or use the float32 build where that matters.', '');
+  lines.push('Outputs are not bit-equal to transformers\' float32 ones. `npx cxc check MODEL_DIR --weights-dtype ' + dtype + ' --golden outputs.safetensors` ' +
+    'measures what the rounding costs against outputs you saved from transformers (`pixel_values` and the outputs by name); use the float32 build where that matters.', '');
   return lines;
 }
 

@@ -66,8 +66,8 @@ export function findVariants(dir: string): VariantSource[] {
  * The package name of a variant: derived from its name and the target, or a template with
  * `{name}` standing for that, e.g. "@acme/{name}".
  */
-export function variantPackageName(variant: string, target: TargetName, template?: string): string {
-  const derived = packageNameFor(variant, target);
+export function variantPackageName(variant: string, target: TargetName, template?: string, weightsDtype?: WeightsFileDtype): string {
+  const derived = packageNameFor(variant, target, weightsDtype);
   if (template === undefined) return derived;
   if (!template.includes('{name}')) {
     throw new CxcError(`with --all-variants, --package is a template for every package name and must contain {name}, got ${JSON.stringify(template)}`, {
@@ -112,7 +112,7 @@ export interface VariantResult {
 export async function buildAllVariants(options: VariantBuildOptions): Promise<VariantResult[]> {
   const variants = findVariants(options.configsDir);
   // Every name is checked before anything is built: a bad template fails at once.
-  const names = variants.map((v) => variantPackageName(v.name, options.target, options.packageTemplate));
+  const names = variants.map((v) => variantPackageName(v.name, options.target, options.packageTemplate, options.weightsDtype));
   const results: VariantResult[] = [];
   for (const [index, variant] of variants.entries()) {
     const packageName = names[index];

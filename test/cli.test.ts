@@ -97,7 +97,9 @@ describe('cxc CLI', () => {
     expect(logits.relativeError).toBeLessThan(3e-2);
     const full = join(work, 'micro-q8');
     const bare = join(work, 'bare-q8');
-    expect((await cxc('build', micro, '--weights-dtype', 'q8', '-o', full)).code).toBe(0);
+    const builtFull = await cxc('build', micro, '--weights-dtype', 'q8', '-o', full);
+    expect(builtFull.code).toBe(0);
+    expect(builtFull.stdout).toMatch(/^built micro-q8-wasm /); // a rounded dtype is a variant of its own name
     expect((await cxc('build', join(micro, 'config.json'), '--weights-dtype', 'q8', '-o', bare)).code).toBe(0);
     const weights = join(work, 'micro-q8.bin');
     const pack = await cxc('weights', join(micro, 'model.safetensors'), '--config', join(micro, 'config.json'), '--weights-dtype', 'q8', '-o', weights);
@@ -113,7 +115,7 @@ describe('cxc CLI', () => {
     // an f32 weights file is refused by a q8 module: its size says so
     const f32Weights = join(work, 'micro-weights-f32.bin');
     expect((await cxc('weights', join(micro, 'model.safetensors'), '--config', join(micro, 'config.json'), '-o', f32Weights)).code).toBe(0);
-    expectUserError(await cxc('run', bare, '--weights', f32Weights, '--input', goldenPath('models', 'micro', 'golden.safetensors'), '--output', join(work, 'x.safetensors')), /bytes but micro-wasm expects \d+/);
+    expectUserError(await cxc('run', bare, '--weights', f32Weights, '--input', goldenPath('models', 'micro', 'golden.safetensors'), '--output', join(work, 'x.safetensors')), /bytes but micro-q8-wasm expects \d+ \(q8 weights\)/);
   });
 
   test('a corrupted bundled weights file fails its checksum', async () => {
