@@ -43,6 +43,14 @@ const GEMM_UNROLL = 1;
 const TILE_BUDGET_BYTES = 512 * 1024;
 /** Weights start after the first 64 KiB page, kept free so address 0 is never a tensor. */
 export const WEIGHTS_BASE = 65536;
+/**
+ * The instructions the special functions (erf, tanh, exp partials) clamp their argument with. The
+ * float kernels keep f32x4.min/max; the integer path's quantizer uses pmin/pmax, which give the same
+ * result for every input there (x, NaN included, is the first operand) but are one instruction each on
+ * x64 instead of a NaN-aware sequence: the GELU quantizer pass 31 -> 22 cycles per vector.
+ */
+const FLOAT_CLAMP = { clampMin: 'f32x4.min', clampMax: 'f32x4.max' };
+const SINGLE_INSTRUCTION_CLAMP = { clampMin: 'f32x4.pmin', clampMax: 'f32x4.pmax' };
 /** Constants every template may use: they have one source, here and in config.ts. */
 const TEMPLATE_CONSTANTS = {
   panelRowBytes: PANEL_ROW_BYTES,
@@ -50,6 +58,7 @@ const TEMPLATE_CONSTANTS = {
   dwKernel: DWCONV_KERNEL,
   dwPadding: DWCONV_PADDING,
   grnEps: GRN_EPS,
+  ...FLOAT_CLAMP,
 };
 
 export type GemmEpilogue = 'bias' | 'act' | 'act_sumsq' | 'residual';
@@ -58,7 +67,11 @@ export type GemmEpilogue = 'bias' | 'act' | 'act_sumsq' | 'residual';
  * in bytes from the values (both in one group, so one weights pointer reaches both).
  */
 export interface QuantizedGemm { bits: 8 | 4; blockRows: number; scalesBytes: number }
-export interface GemmSpec { name: string; k: number; n: number; epilogue: GemmEpilogue; quantized?: QuantizedGemm }
+/**
+ * `activateInput`: an integer GEMM whose input rows are pre-activations (the previous GEMM's output
+ * + bias); its quantizer applies the activation first (see integerGemmSource).
+ */
+export interface GemmSpec { name: string; k: number; n: number; epilogue: GemmEpilogue; quantized?: QuantizedGemm; activateInput?: boolean }
 interface NormSpec { name: string; c: number; cs: number; padding: number; eps: number; affine: boolean }
 type StepOf<Op extends PlanStep['op']> = Extract<PlanStep, { op: Op }>;
 
@@ -74,14 +87,21 @@ export interface RenderedWasm {
 
 /**
  * Integer GEMMs (q8/q4): rows of the register block (8 int32 accumulators + two weight vectors + the
- * broadcast, as in the float GEMM) and k-pairs per loop step. Measured on ConvNeXt-T q8, 1 thread
+ * broadcasts, as in the float GEMM) and k-pairs per loop step. Measured on ConvNeXt-T q8, 1 thread
  * (V8 12 / Node 20, AMD EPYC, medians of 7, rows x k-pairs per step): 4x1 157 ms; 4x2 +15%,
- * 5x1 +29%, 6x1 +16%, 6x2 +30%, 3x2 +27%. The 4x1 block runs the int16 dot products at ~40 GMAC/s,
- * about half this core's dot_i16x8 peak (73 GMAC/s; f32x4 FMA peaks at 28).
+ * 5x1 +29%, 6x1 +16%, 6x2 +30%, 3x2 +27%. The 4x1 block runs the int16 dot products at ~42 GMAC/s
+ * (a stage-2 tile's pwconv2, quantizer included); this core issues 2 pmaddwd per cycle, 57 GMAC/s at
+ * its 3.6 GHz (measured with independent dot chains; f32x4 FMA peaks at 28), and TurboFan's code for
+ * the inner loop is already just its loads, dots and adds (checked with --print-wasm-code).
  */
 const QGEMM_ROWS = 4;
 const QGEMM_TAILS = [4, 2, 1].filter((t) => t < QGEMM_ROWS);
 const QGEMM_UNROLL = 1;
+/**
+ * Bytes per weight in the per-panel scratch copy the integer GEMM's inner loop reads: int16, so the
+ * loop needs no sign extension (q8 pwconv2 of a stage-2 tile 3-5% faster than reading the int8 panel).
+ */
+const WIDENED_WEIGHT_BYTES = 2;
 /** Largest |q| of a stored weight: q8 values lie in [-127, 127], q4 in [-8, 7]. */
 const MAX_WEIGHT = { 8: 127, 4: 8 } as const;
 const INT16_MAX = 32767;
@@ -114,12 +134,13 @@ function fieldBytes<G extends WeightGroup<string, string>>(group: G): Record<str
 }
 
 /**
- * Floats of per-thread scratch an integer GEMM needs to unpack one 4-bit panel into: its int8
- * k-pairs (8 bytes per row of K) and its scales as float32. None for q8 and float GEMMs.
+ * Floats of per-thread scratch an integer GEMM needs to widen one panel into: its int16 k-pairs
+ * (16 bytes per row of K) and, for 4-bit weights, its scales as float32. None for float GEMMs.
  */
 function unpackFloats(k: number, quantized: QuantizedGemm | undefined): number {
-  if (quantized?.bits !== 4) return 0;
-  return (k * PANEL_WIDTH + Math.ceil(k / quantized.blockRows) * PANEL_WIDTH * 4) / 4;
+  if (!quantized) return 0;
+  const scales = quantized.bits === 4 ? Math.ceil(k / quantized.blockRows) * PANEL_WIDTH * 4 : 0;
+  return (k * PANEL_WIDTH * WIDENED_WEIGHT_BYTES + scales) / 4;
 }
 
 /** How a GEMM reads its weight matrix: as floats, or as integers + scales. */
@@ -202,9 +223,12 @@ class WasmKernelSet {
     const pw1 = quantizedGemm(step.weights.fields.pw1Weight);
     const pw2 = quantizedGemm(step.weights.fields.pw2Weight);
     if (Boolean(pw1) !== Boolean(pw2) || pw1?.bits !== pw2?.bits) throw new Error(`internal: block ${id} has pwconv1 and pwconv2 stored differently`);
-    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: step.grn ? 'act_sumsq' : 'act', quantized: pw1 });
-    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual', quantized: pw2 });
-    // 4-bit panels are unpacked past the tiles (dwconv rows, hidden rows) in the thread's scratch
+    // Integer blocks without GRN apply the activation in pwconv2's quantizer, a streaming pass over the
+    // hidden rows, instead of in pwconv1's register-block epilogue (GRN needs it there, for its sums).
+    const activateInQuantizer = Boolean(pw2) && !step.grn;
+    this.gemm({ name: `pw1_${id}`, k: cs, n: hs, epilogue: activateInQuantizer ? 'bias' : step.grn ? 'act_sumsq' : 'act', quantized: pw1 });
+    this.gemm({ name: `pw2_${id}`, k: hs, n: cs, epilogue: 'residual', quantized: pw2, activateInput: activateInQuantizer });
+    // integer panels are widened (4-bit ones unpacked) past the tiles (dwconv rows, hidden rows) in the thread's scratch
     const unpack = Math.max(unpackFloats(cs, pw1), unpackFloats(hs, pw2));
     this.sources.push(render('block', {
       id, stage: step.stage, c: step.channels.real, cs, hidden: step.hidden.real, hs, panels: cs / PANEL_WIDTH, tile, grn: step.grn,
@@ -229,7 +253,7 @@ class WasmKernelSet {
     return 'pool';
   }
 
-  /** The classifier kernel; `unpack`: it takes the scratch buffer too, to unpack 4-bit weights into. */
+  /** The classifier kernel; `unpack`: it takes the scratch buffer too, to widen (unpack) integer weights into. */
   classifier(step: StepOf<'classifier'>): { kernel: string; unpack: boolean } {
     const quantized = quantizedGemm(step.weights.fields.weight);
     const unpack = unpackFloats(step.in.padded, quantized);
@@ -270,10 +294,11 @@ export function integerGemmSource(g: GemmSpec, quantized: QuantizedGemm, activat
   const q4 = quantized.bits === 4;
   if (q4 && (quantized.blockRows / 2) % QGEMM_UNROLL !== 0) throw new Error(`internal: q4 blocks of ${quantized.blockRows} rows do not fit the unroll`);
   const limit = activationLimit(quantized, g.k);
-  const quantize = `quantize_k${g.k}_l${limit}`;
+  const quantize = `quantize_k${g.k}_l${limit}${g.activateInput ? `_${activation}` : ''}`;
   if (!quantizers.has(quantize)) {
     quantizers.set(quantize, render('quantize', {
       name: quantize, k: g.k, limit, accumulated: Math.min(g.k, quantized.blockRows), maxWeight: MAX_WEIGHT[quantized.bits],
+      activationPartial: g.activateInput ? activationPartial(activation, 'wasm') : false, ...SINGLE_INSTRUCTION_CLAMP,
     }));
   }
   const blocks = Math.ceil(g.k / quantized.blockRows);
@@ -281,7 +306,7 @@ export function integerGemmSource(g: GemmSpec, quantized: QuantizedGemm, activat
     ...g, q4, quantize, activationPartial: activationPartial(activation, 'wasm'), mr: QGEMM_ROWS, tails: QGEMM_TAILS, unroll: QGEMM_UNROLL,
     unrolled: Array.from({ length: QGEMM_UNROLL }, (_, i) => i), panels: g.n / PANEL_WIDTH,
     panelBytes: (g.k * PANEL_WIDTH * quantized.bits) / 8, rowBytesA: g.k * 4, rowBytesC: g.n * 4, rowScaleOffset: g.k * 2,
-    pairBytes: g.k * PANEL_WIDTH, scalesBytes: quantized.scalesBytes, blockRows: quantized.blockRows, blocks, scalePanelBytes: blocks * PANEL_WIDTH * 2,
+    kPairBytes: 2 * PANEL_WIDTH * WIDENED_WEIGHT_BYTES, pairBytes: g.k * PANEL_WIDTH * WIDENED_WEIGHT_BYTES, scalesBytes: quantized.scalesBytes, blockRows: quantized.blockRows, blocks, scalePanelBytes: blocks * PANEL_WIDTH * 2,
   });
 }
 

@@ -30,7 +30,7 @@ interface ExactCase { bits: 8 | 4; rows: number; k: number; n: number }
 
 type GemmEntry = (a: number, w: number, bias: number, out: number, rows: number, work: number) => void;
 
-/** Assembles one integer GEMM (epilogue: bias) with an exported entry point ($work: where q4 unpacks a panel). */
+/** Assembles one integer GEMM (epilogue: bias) with an exported entry point ($work: where each panel is widened to int16). */
 async function integerGemm(spec: ExactCase, scalesBytes: number): Promise<GemmEntry> {
   const quantized: QuantizedGemm = { bits: spec.bits, blockRows: spec.bits === 8 ? spec.k : QUANT_BLOCK_ROWS, scalesBytes };
   const quantizers = new Map<string, string>();
@@ -39,7 +39,7 @@ async function integerGemm(spec: ExactCase, scalesBytes: number): Promise<GemmEn
 ${gemm}
 ${[...quantizers.values()].join('\n')}
   (func (export "run") (param i32 i32 i32 i32 i32 i32)
-    (call $qgemm (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 0) (i32.const 0)${spec.bits === 4 ? ' (local.get 5)' : ''})))`;
+    (call $qgemm (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 0) (i32.const 0) (local.get 5))))`;
   const wabt = await wabtInit();
   const parsed = wabt.parseWat('qgemm.wat', wat, { simd: true });
   const binary = new Uint8Array(parsed.toBinary({}).buffer);
