@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Where a cxc WebGPU run spends its time, kernel by kernel, on one Vulkan driver (Dawn in Node).
 // Each dispatch is replayed alone and timed from submit to onSubmittedWorkDone, which works on any
-// adapter (lavapipe offers 'timestamp-query', the printed feature list says which others do); on a
-// CPU driver a dispatch takes milliseconds, so the submit overhead hardly counts.
+// adapter (SwiftShader and lavapipe both offer 'timestamp-query' too); on a CPU driver a dispatch
+// takes milliseconds, so the submit overhead hardly counts.
 //   1. load() with its warm-up dispatches recorded but not executed, then each warm-up dispatch
 //      replayed alone on the smallest input: on a driver that compiles at first dispatch (lavapipe)
 //      that time is the pipeline's compile (run with MESA_SHADER_CACHE_DISABLE=true for cold numbers);
