@@ -66,6 +66,8 @@ export interface WebGpuKernel {
   weightBase: number;
   /** Params.weightBase2: the same for a second weight window (the V1 MLP binds pwconv2 apart), else absent. */
   weightBase2?: number;
+  /** Params.sizes, in order: the sizes a shared kernel reads at run time (at most 4 * PARAMS_SIZE_VEC4S); absent if none. */
+  sizes?: number[];
   bindings: Array<{ binding: number; resource: WebGpuResource }>;
   /** Skipped unless hidden states were asked for. */
   onlyWithHiddenStates: boolean;
@@ -143,11 +145,21 @@ const BUFFER_UNIFORM = 0x0040;
 const BUFFER_STORAGE = 0x0080;
 const MAP_MODE_READ = 0x0001;
 
+/** vec4<u32>s of Params.sizes (templates/wgsl/common.wgsl.hbs; the compiler renders the same count). */
+export const PARAMS_SIZE_VEC4S = 3;
 /** Params slots are 256 bytes apart: the largest minUniformBufferOffsetAlignment WebGPU allows. */
 const PARAMS_STRIDE = 256;
-const PARAMS_WORDS = 8;
+const PARAMS_WORDS = 8 + 4 * PARAMS_SIZE_VEC4S;
 /** Output windows and weight windows start on 256-byte (64-float) boundaries, the largest storage offset alignment. */
 const WINDOW_ALIGN_FLOATS = 64;
+
+/** Bytes of struct Params, the uniform binding of every kernel. */
+export const PARAMS_BYTES = PARAMS_WORDS * 4;
+
+/** The Params words of one dispatch (struct Params in templates/wgsl/common.wgsl.hbs, in order). */
+export function kernelParams(kernel: WebGpuKernel, batch: number, level: { height: number; width: number }, source: { height: number; width: number }): number[] {
+  return [batch, level.height, level.width, source.height, source.width, kernel.weightBase, kernel.weightBase2 ?? 0, 0, ...(kernel.sizes ?? [])];
+}
 
 const MIB = 1024 * 1024;
 const mib = (bytes: number) => `${(bytes / MIB).toFixed(bytes < 10 * MIB ? 2 : 0)} MiB`;
@@ -624,7 +636,7 @@ class WebGpuBackendImpl implements Backend {
     const dispatches = program.kernels.map((kernel, i): [number, number, number] => {
       const level = shape.levels[kernel.level];
       const source = kernel.inLevel === null ? level : kernel.inLevel < 0 ? { height, width } : shape.levels[kernel.inLevel];
-      params.set([batch, level.height, level.width, source.height, source.width, kernel.weightBase, kernel.weightBase2 ?? 0, 0], (i * PARAMS_STRIDE) / 4);
+      params.set(kernelParams(kernel, batch, level, source), (i * PARAMS_STRIDE) / 4);
       const units = kernel.grid.unit === 'images' ? batch
         : kernel.grid.unit === 'pixels' ? batch * level.height * level.width
           : batch * level.height * Math.ceil(level.width / 4);
@@ -642,7 +654,7 @@ class WebGpuBackendImpl implements Backend {
       entries: kernel.bindings.map(({ binding, resource }): GPUBindGroupEntry => {
         switch (resource.kind) {
           case 'params':
-            return { binding, resource: { buffer: this.paramsBuffer, offset: i * PARAMS_STRIDE, size: PARAMS_WORDS * 4 } };
+            return { binding, resource: { buffer: this.paramsBuffer, offset: i * PARAMS_STRIDE, size: PARAMS_BYTES } };
           case 'weights': {
             const window = this.weightBindings.get(weightKey(resource))!;
             return { binding, resource: { buffer: this.weightChunks[window.chunk].buffer!, offset: window.byteOffset, size: window.bytes } };

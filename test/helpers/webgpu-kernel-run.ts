@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, expect } from 'vitest';
 import type { PackedWeights } from '../../compiler/layout.js';
 import type { KernelPlan, PlanStep } from '../../compiler/plan.js';
-import type { WebGpuKernel, WebGpuProgram } from '../../runtime/webgpu.js';
+import { kernelParams, PARAMS_BYTES, type WebGpuKernel, type WebGpuProgram } from '../../runtime/webgpu.js';
 import { BATCH, INPUT, levelShape } from './kernel-check.js';
 import { gpuOn } from './webgpu-golden.js';
 
@@ -77,8 +77,8 @@ export async function runKernels(device: GPUDevice, h: KernelProgram, belongs: (
     const levels = levelSizes();
     const level = levels[kernel.level];
     const source = kernel.inLevel === null ? level : kernel.inLevel < 0 ? INPUT : levels[kernel.inLevel];
-    const params = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(params, 0, new Uint32Array([BATCH, level.height, level.width, source.height, source.width, kernel.weightBase, kernel.weightBase2 ?? 0, 0]));
+    const params = device.createBuffer({ size: PARAMS_BYTES, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(params, 0, new Uint32Array(kernelParams(kernel, BATCH, level, source)));
     const entries = kernel.bindings.map(({ binding, resource }): GPUBindGroupEntry => {
       switch (resource.kind) {
         case 'params': return { binding, resource: { buffer: params } };
