@@ -4,6 +4,7 @@
 // An engine is cxc, ort-web or ort-node (on --module / --onnx), or LABEL=KIND:PATH[:BAR] for a
 // named contender on its own package or .onnx file, whose logits must be within BAR x
 // max(1, max|golden|) of the golden ones (quantized models round their weights: default 1e-4).
+import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { goldenInput } from './golden-input.mjs';
@@ -108,12 +109,26 @@ for (let i = 0; i < runs; i++) {
     c.times.push(performance.now() - t0);
   }
 }
+/**
+ * Peak resident memory of this process. Linux's getrusage maxrss survives execve, so a child
+ * started by a bench that had built packages in memory would report the bench's peak; /proc's
+ * VmHWM belongs to this address space alone.
+ */
+function peakRssMiB() {
+  try {
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (hwm) return Number(hwm[1]) / 1024;
+  } catch {
+    // not Linux: fall back below
+  }
+  return process.resourceUsage().maxRSS / 1024;
+}
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 console.log(JSON.stringify({
   threads, batch, runs, weightReadMs,
   relaxedFlag: process.execArgv.includes('--experimental-wasm-relaxed-simd'),
   rssMiB: (process.memoryUsage().rss - rssBefore) / 2 ** 20,
-  maxRssMiB: process.resourceUsage().maxRSS / 1024,
+  maxRssMiB: peakRssMiB(),
   results: contenders.map((c) => ({ engine: c.engine, detail: c.detail, medianMs: median(c.times), minMs: Math.min(...c.times), loadMs: c.loadMs, firstRunMs: c.firstRunMs, maxError: c.maxError })),
 }));
 process.exit(0);
