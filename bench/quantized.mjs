@@ -52,7 +52,12 @@ const memory = {};
 for (const engine of engines) memory[engine.split('=')[0]] = engineRun(1, [engine], ['--warmup', '0', '--runs', '1']).maxRssMiB;
 
 const fmt = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`);
-const size = { 'cxc f32': `${packages.f32}/weights.bin`, 'cxc q8': `${packages.q8}/weights.bin`, 'cxc q4': `${packages.q4}/weights.bin`, 'ort-web q8': onnx.tjs, 'ort-node q8': onnx.pc };
+// The file each engine downloads: a cxc package's weights.bin, or the .onnx itself.
+const size = Object.fromEntries(engines.map((spec) => {
+  const [name, kindAndPath] = spec.split('=');
+  const [kind, path] = kindAndPath.split(':');
+  return [name, kind === 'cxc' ? `${path}/weights.bin` : path];
+}));
 const table = [['engine', 'file MB', '1 thread', '2 threads', 'load + first run', 'peak RSS', 'logits err / max|golden|']];
 const { readSafetensors } = await import('../dist/compiler/safetensors.js');
 const { readFileSync } = await import('node:fs');

@@ -12,7 +12,7 @@ import { Command, Option } from 'commander';
 import type { CompiledModule } from './build.js';
 import { checksum32 } from '../runtime/checksum.js';
 import { bindCheckpoint, releaseWhenPacked } from './checkpoint.js';
-import { compareToGolden, topK } from './compare.js';
+import { compareToGolden, keptTop5 } from './compare.js';
 import { CxcError } from './errors.js';
 import { decodeImageFile } from './image.js';
 import { packWeights } from './layout.js';
@@ -342,7 +342,8 @@ program
             }
             const { maxError, tolerance, maxGolden } = compareToGolden(actual.data as Float32Array, expected.data, options.weightsDtype);
             // Rounded weights move logits: say whether each image's top-5 classes (in order) survive.
-            const top5 = name === 'logits' ? sameTop5(actual.data as Float32Array, expected.data, expected.shape[1]) : undefined;
+            const kept = name === 'logits' ? keptTop5(actual.data as Float32Array, expected.data, expected.shape[1]) : undefined;
+            const top5 = kept && `${kept.filter(Boolean).length}/${kept.length}`;
             rows.push({ file, output: name, shape: expected.shape, maxError, relativeError: maxError / Math.max(1, maxGolden), tolerance, ok: maxError <= tolerance, top5 });
           }
         }
@@ -384,12 +385,6 @@ program
     });
     await server.close();
   });
-
-/** "k/n": how many of n images keep the golden top-5 classes, in order. */
-function sameTop5(actual: Float32Array, golden: Float32Array, classes: number): string {
-  const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
-  return `${ours.filter((row, i) => row.join() === theirs[i].join()).length}/${ours.length}`;
-}
 
 function parsePort(value: string): number {
   const n = Number(value);

@@ -28,6 +28,12 @@ export function compareToGolden(actual: Float32Array, golden: Float32Array, dtyp
   return { maxError, tolerance: WEIGHTS_DTYPE_BARS[dtype] * Math.max(1, maxGolden), maxGolden };
 }
 
+/** Per image: whether its top 5 classes, in order, are the golden ones. */
+export function keptTop5(actual: Float32Array, golden: Float32Array, classes: number): boolean[] {
+  const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
+  return ours.map((row, i) => row.join() === theirs[i].join());
+}
+
 /** Indices of the k largest values of each row of `rows` x `columns` logits, best first. */
 export function topK(logits: Float32Array, columns: number, k: number): number[][] {
   const rows = logits.length / columns;

@@ -20,9 +20,14 @@
  * (b, n) is number p*B*W + b*W + c (B = number of blocks), float32 (q8) or float16 (q4).
  */
 import { floatsToHalves, halvesToFloats } from '../runtime/half.js';
-import type { QuantizedStorage } from '../runtime/types.js';
+import type { QuantizedStorage, WeightField } from '../runtime/types.js';
 
 export type QuantizedDtype = 'q8' | 'q4';
+
+/** How a weight field is quantized: undefined for vectors and float matrices. */
+export function quantizedStorage(field: WeightField): QuantizedStorage | undefined {
+  return field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+}
 /** Rows of K that share one q4 scale (ggml's Q4_0 and transformers.js's q4f16 use 32). */
 export const QUANT_BLOCK_ROWS = 32;
 /** Smallest normal float16: a q4 scale is never below it (a block of tiny weights rounds to zero). */
@@ -65,12 +70,19 @@ export function scaleIndex(b: number, n: number, blocks: number, shape: Quantiza
 }
 
 const roundAway = (x: number) => Math.sign(x) * Math.floor(Math.abs(x) + 0.5);
+// One scale at a time through runtime/half.ts's encoder and decoder (a q4 ConvNeXt-T has ~0.9M
+// scales: these reuse their one-element arrays rather than allocate per scale).
+const oneFloat = new Float32Array(1);
+const oneHalf = new Uint16Array(1);
 const halfBits = (value: number): number => {
-  const out = new Uint16Array(1);
-  floatsToHalves(new Float32Array([value]), out);
-  return out[0];
+  oneFloat[0] = value;
+  floatsToHalves(oneFloat, oneHalf);
+  return oneHalf[0];
 };
-const halfValue = (bits: number): number => halvesToFloats(new Uint16Array([bits]))[0];
+const halfValue = (bits: number): number => {
+  oneHalf[0] = bits;
+  return halvesToFloats(oneHalf, oneFloat)[0];
+};
 
 /** Sums over quantized weights, for the error a package reports: sum (q*s - w)^2 and sum w^2. */
 export interface QuantizationError { squaredError: number; squaredWeights: number; count: number }

@@ -12,6 +12,7 @@ import type { Packing, WeightField, WeightGroup, WeightLayout } from './layout.j
 import type { KernelPlan, PlanStep } from './plan.js';
 import { renderTemplate } from './templates.js';
 import { activationPartial } from './activations.js';
+import { quantizedStorage } from './quantize.js';
 import type { WasmArg, WasmBufferSpec, WasmKernelInfo, WasmOp, WasmStep } from '../runtime/wasm-program.js';
 import type { WasmVariant } from '../runtime/wasm.js';
 
@@ -127,7 +128,7 @@ function fieldBytes<G extends WeightGroup<string, string>>(group: G): Record<str
   for (const [name, field] of Object.entries(group.fields)) {
     if (!field) continue;
     bytes[`${name}Bytes`] = (field.offset - group.offset) * 4;
-    const quantized = field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+    const quantized = quantizedStorage(field);
     if (quantized) bytes[`${name}ScalesBytes`] = (quantized.scales.offset - group.offset) * 4;
   }
   return bytes;
@@ -145,7 +146,7 @@ function unpackFloats(k: number, quantized: QuantizedGemm | undefined): number {
 
 /** How a GEMM reads its weight matrix: as floats, or as integers + scales. */
 function quantizedGemm(field: WeightField): QuantizedGemm | undefined {
-  const quantized = field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
+  const quantized = quantizedStorage(field);
   if (!quantized) return undefined;
   if (quantized.kGroup !== 2) throw new Error(`internal: the WASM integer GEMM reads k-pairs, got weights in k-groups of ${quantized.kGroup}`);
   return { bits: quantized.bits, blockRows: quantized.blockRows, scalesBytes: (quantized.scales.offset - field.offset) * 4 };

@@ -29,11 +29,12 @@ import { renderTemplate } from './templates.js';
 import { activationEntry, activationPartial } from './activations.js';
 import { DWCONV_KERNEL, DWCONV_PADDING, GRN_EPS } from './config.js';
 import { CxcError } from './errors.js';
+import { quantizedStorage } from './quantize.js';
 import type {
   WebGpuBufferName, WebGpuBufferSize, WebGpuKernel, WebGpuOutput, WebGpuProgram, WebGpuResource, WebGpuShader,
 } from '../runtime/webgpu.js';
 import { PARAMS_SIZE_VEC4S } from '../runtime/webgpu.js';
-import type { Activation, ActivationBufferName, QuantizedStorage } from '../runtime/types.js';
+import type { Activation, ActivationBufferName } from '../runtime/types.js';
 
 /**
  * Channels padded to 4 (one vec4); matrices plain row-major [K][N] (one panel): a kernel reads
@@ -124,10 +125,6 @@ interface WeightWindow { resource: WebGpuResource; weightBase: number; fields: R
 
 /** Elements of a quantized window's binding per 4 floats (4-byte words). */
 const ELEMENTS_PER_VEC4 = { 8: 1, 4: 2 } as const;
-
-function quantizedStorage(field: WeightField): QuantizedStorage | undefined {
-  return field.layout.kind === 'matrix' ? field.layout.quantized : undefined;
-}
 
 /** The quantization of a window's matrices: none, or one kind for all of them. */
 function windowQuantization(key: string, fields: WeightField[]): { bits: 0 | 8 | 4; k4PerBlock: number } {

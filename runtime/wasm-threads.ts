@@ -54,10 +54,11 @@ function workerMain(port: { on?: (event: string, handler: (data: unknown) => voi
     try {
       work(data, control, slot);
     } catch (error) {
-      port.postMessage({ failed: data.tid, message: error instanceof Error ? `${error.name}: ${error.message}` : String(error) });
+      // The flag first, so the caller wakes at once; the text follows through the event loop.
       Atomics.store(control, slot.failed, data.tid);
       Atomics.add(control, slot.done, 1);
       Atomics.notify(control, slot.done);
+      port.postMessage({ failed: data.tid, message: error instanceof Error ? `${error.name}: ${error.message}` : String(error) });
     }
   };
   const work = (data: StartMessage, control: Int32Array, slot: typeof CONTROL) => {

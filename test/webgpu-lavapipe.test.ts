@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createWebGpuBackend } from '../runtime/webgpu.js';
+import { topK } from '../compiler/compare.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
 import { buildToTemp, type BuiltModule } from './helpers/build.js';
 import { buildGoldenProgram, describeGoldenCases, gpuOn, imageSlice } from './helpers/webgpu-golden.js';
@@ -26,15 +27,6 @@ describeGoldenCases('lavapipe', () => gpu);
 
 /** The issue's goal for f16 logits, as a fraction of max |golden logit|. */
 const F16_GOAL = 3e-3;
-
-/** Indices of the k largest values of each row. */
-function topK(values: Float32Array, rows: number, k: number): number[][] {
-  const width = values.length / rows;
-  return Array.from({ length: rows }, (_, r) => {
-    const row = [...values.subarray(r * width, (r + 1) * width)];
-    return row.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, k).map(([, i]) => i);
-  });
-}
 
 function maxAbs(values: Float32Array): number {
   let max = 0;
@@ -64,7 +56,7 @@ describe('WebGPU f16 kernels on lavapipe (shader-f16)', () => {
           const relative = maxError / maxAbs(expected);
           report.push(`${what}: logits ${maxError.toExponential(2)} = ${relative.toExponential(2)} x max|golden|`);
           expect(relative, `${what}: logits error / max|golden|`).toBeLessThanOrEqual(F16_GOAL);
-          expect(topK(logits, batch, 5), `${what}: top-5`).toEqual(topK(expected, batch, 5));
+          expect(topK(logits, logits.length / batch, 5), `${what}: top-5`).toEqual(topK(expected, expected.length / batch, 5));
         }
         console.log(`[webgpu lavapipe f16] ${name} on ${backend.description}: ${report.join('; ')}`);
       } finally {

@@ -9,7 +9,7 @@
  */
 import { afterAll, describe, expect, test } from 'vitest';
 import { decodeImageFile } from '../../compiler/image.js';
-import { compareToGolden, topK } from '../../compiler/compare.js';
+import { compareToGolden, keptTop5, topK } from '../../compiler/compare.js';
 import type { WeightsFileDtype } from '../../runtime/types.js';
 import { buildToTemp, type BuiltModule } from './build.js';
 import { floats, goldenPairs, goldenPath, readGolden } from './golden.js';
@@ -21,11 +21,6 @@ export const QUANTIZED_CASES = [
   { name: 'v2-micro', dir: 'v2-micro', golden: 'v2-micro' },
   { name: 'convnext-tiny-224', dir: 'convnext-tiny-224', golden: 'convnext-tiny-224' },
 ];
-
-const sameTop5 = (actual: Float32Array, golden: Float32Array, classes: number) => {
-  const [ours, theirs] = [topK(actual, classes, 5), topK(golden, classes, 5)];
-  return ours.map((row, i) => row.join() === theirs[i].join());
-};
 
 /** One dtype on one target (WebGPU: on the GPU entry point `gpu` gives) over `cases`, and the cat photo through ConvNeXt-T. */
 export function describeQuantizedGoldens(
@@ -64,7 +59,7 @@ export function describeQuantizedGoldens(
         }
         expect(compared).toBeGreaterThanOrEqual(isBackbone ? 4 : 3);
         const logits = golden.get('logits');
-        const kept = out.logits && logits && logits.shape[1] >= 5 ? sameTop5(out.logits, floats(logits), logits.shape[1]) : undefined;
+        const kept = out.logits && logits && logits.shape[1] >= 5 ? keptTop5(out.logits, floats(logits), logits.shape[1]) : undefined;
         console.log(`${dtype} ${label} ${dir}: error / max(1, max|golden|): ${report.join(', ')}${kept ? `; top-5 kept ${kept.filter(Boolean).length}/${kept.length}` : ''}`);
         if (dir === 'convnext-tiny-224' && dtype === 'q8') expect(kept).toEqual([true, true]);
       } finally {
