@@ -2,7 +2,7 @@
 // cxc's WebGPU module, onnxruntime-web's WebGPU backend and onnxruntime-node's native `webgpu`
 // execution provider, same weights, same input, timed in alternation. Prints JSON.
 // Usage: node bench/webgpu-engines.mjs --module DIR --onnx FILE --golden FILE --batch B --runs N --engines a,b,c [--driver swiftshader|lavapipe]
-// Engines: cxc (f32 kernels), cxc-f16 (f16 kernels, where the adapter has shader-f16), ort-web, ort-node.
+// Engines: cxc (f32 kernels as load() picks them), cxc-tiles (f32, the tiled MLP kernel), cxc-f16 (f16 kernels, where the adapter has shader-f16), ort-web, ort-node.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -37,9 +37,10 @@ for (const engine of values.engines.split(',')) {
   let run;
   let detail;
   try {
-    if (engine === 'cxc' || engine === 'cxc-f16') {
+    if (engine === 'cxc' || engine === 'cxc-tiles' || engine === 'cxc-f16') {
       const { load } = await import(pathToFileURL(`${values.module}/index.js`).href);
-      const model = await load({ gpu, precision: engine === 'cxc' ? 'f32' : 'f16' });
+      // cxc: what load() picks for f32 (the subgroup kernels on CPU adapters that can run them); cxc-tiles: the fused tiled MLP.
+      const model = await load({ gpu, precision: engine === 'cxc-f16' ? 'f16' : 'f32', matmul: engine === 'cxc-tiles' ? 'tiles' : 'auto' });
       run = async () => (await model.run(input, { batch, height, width })).logits;
       detail = model.backend;
     } else if (engine === 'ort-web') {

@@ -8,7 +8,7 @@
 //      that time is the pipeline's compile (run with MESA_SHADER_CACHE_DISABLE=true for cold numbers);
 //   2. whole runs on the golden input (logits checked), then every dispatch of one run replayed
 //      alone `--repeats` times: median per kernel, summed per shader.
-//   node bench/webgpu-kernels.mjs [--driver lavapipe] [--model DIR] [--precision f32|f16] [--weights-dtype f32|q8|q4] [--repeats 3] [--runs 3] [--top 25]
+//   node bench/webgpu-kernels.mjs [--driver lavapipe] [--model DIR] [--precision f32|f16] [--matmul auto|tiles|subgroups] [--weights-dtype f32|q8|q4] [--repeats 3] [--runs 3] [--top 25]
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -20,6 +20,8 @@ const { values } = parseArgs({
     driver: { type: 'string', default: 'lavapipe' },
     model: { type: 'string', default: here('../../shared/golden/models/convnext-tiny-224') },
     precision: { type: 'string', default: 'f32' },
+    // The f32 kernels' pointwise convolutions: auto (subgroups on CPU adapters that can), tiles or subgroups.
+    matmul: { type: 'string', default: 'auto' },
     'weights-dtype': { type: 'string', default: 'f32' },
     repeats: { type: 'string', default: '3' },
     runs: { type: 'string', default: '3' },
@@ -43,7 +45,7 @@ if (values['dawn-features']) gpu = (await import('webgpu')).create([`enable-dawn
 const adapter = await gpu.requestAdapter();
 const features = [...adapter.features].sort();
 const device = await adapter.requestDevice({
-  requiredFeatures: values.precision === 'f16' ? ['shader-f16'] : [],
+  requiredFeatures: [...(values.precision === 'f16' ? ['shader-f16'] : []), ...(adapter.features.has('subgroups') ? ['subgroups'] : [])],
   requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize },
 });
 
@@ -86,7 +88,7 @@ const { load } = await import(pathToFileURL(`${moduleDir}/index.js`).href);
 recording = [];
 execute = false;
 let t0 = performance.now();
-const model = await load({ device, gpu, precision: values.precision });
+const model = await load({ device, gpu, precision: values.precision, matmul: values.matmul });
 const loadWithoutWarmUp = performance.now() - t0;
 execute = true;
 const warmUp = recording;

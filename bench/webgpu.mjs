@@ -17,7 +17,7 @@ const { values } = parseArgs({
     // Per driver: onnxruntime-web's WebGPU backend is only run on SwiftShader (it has crashed under Dawn in Node);
     // lavapipe has shader-f16, SwiftShader does not.
     'swiftshader-engines': { type: 'string', default: 'cxc,ort-web,ort-node' },
-    'lavapipe-engines': { type: 'string', default: 'cxc,cxc-f16,ort-node' },
+    'lavapipe-engines': { type: 'string', default: 'cxc,cxc-tiles,cxc-f16,ort-node' },
   },
 });
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));

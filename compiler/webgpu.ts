@@ -61,6 +61,18 @@ const MLP_TILE_PIXELS = [32, 16, 8];
 const GRN_SLICES = 16;
 /** Pixels per register block of the fused MLP (tile sizes are multiples of it). */
 const MLP_BLOCK_ROWS = 8;
+/**
+ * Subgroup matrix kernels: invocations per subgroup they assume, output columns per workgroup (grid
+ * y; a multiple of every pass width), and per precision the pixels and columns each invocation owns.
+ * 32 accumulators per invocation is what fits the registers: measured on lavapipe (3136 x 96 x 384
+ * f32 GEMM, 2026-11-30) 4 pixels x 8 columns ran 7.6 GMAC/s; 2 x 8: 5.2, 3 x 8: 6.6, 6 x 8: 6.7,
+ * 8 x 8: 4.3 and 4 x 16: 3.4 (spills). f16 takes two columns per weight load (one u32), so 2 x 16.
+ */
+export const SUBGROUP_LANES = 8;
+const SUBGROUP_TILE_COLUMNS = 64;
+const SUBGROUP_SHAPE = { f32: { pixelsPerLane: 4, columnsPerLane: 1 }, f16: { pixelsPerLane: 2, columnsPerLane: 2 } } as const;
+/** One subgroup per workgroup: 8 invocations ran 1.2x faster than 32 and 1.5x faster than 64 (ConvNeXt-T on lavapipe). */
+const SUBGROUP_WORKGROUP = SUBGROUP_LANES;
 
 const QUAD = [0, 1, 2, 3];
 /** Constants every template may use: they have one source, in config.ts. */
@@ -78,6 +90,19 @@ export interface WebGpuRenderOptions {
   precision?: WebGpuPrecision;
 }
 
+/**
+ * How a program computes the blocks' pointwise convolutions:
+ *   'tiles'     the fused MLP kernel (hidden tile in workgroup memory); what every adapter runs;
+ *   'subgroups' two matrix kernels (pwconv1 + activation into the `hidden` buffer, pwconv2 +
+ *               residual) that share weights across a subgroup with subgroupBroadcast.
+ * Measured on ConvNeXt-T (2026-11-30, 2-core Zen 5 VM, same process, medians): see the README's
+ * WebGPU table. On lavapipe every load inside a loop is a per-lane scalar load with a bounds
+ * check, so loads, not FMAs, decide the speed; the subgroup kernels do 3.6x fewer of them per FMA.
+ * SwiftShader (subgroups of 4) gains nothing from them, GPUs were not measured: load() picks
+ * 'subgroups' on CPU (fallback) adapters whose subgroups hold at least SUBGROUP_LANES invocations.
+ */
+export type MatmulStyle = 'tiles' | 'subgroups';
+
 export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: WebGpuRenderOptions = {}): WebGpuProgram {
   const { packing } = layout;
   if (options.precision === 'f16' && (packing.dtype === 'q8' || packing.dtype === 'q4')) {
@@ -89,18 +114,23 @@ export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: We
   if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
     throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
   }
-  const program = renderProgram(plan, layout, 'f32');
-  return options.precision === 'f16' ? { ...program, f16: renderProgram(plan, layout, 'f16') } : program;
+  // The subgroup kernels read float weights: quantized packages keep the tiled kernels only.
+  const quantized = packing.dtype === 'q8' || packing.dtype === 'q4';
+  const withSubgroups = (precision: WebGpuPrecision): WebGpuProgram => ({
+    ...renderProgram(plan, layout, precision, 'tiles'),
+    ...(quantized ? {} : { subgroups: renderProgram(plan, layout, precision, 'subgroups') }),
+  });
+  return { ...withSubgroups('f32'), ...(options.precision === 'f16' ? { f16: withSubgroups('f16') } : {}) };
 }
 
-function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpuPrecision): WebGpuProgram {
-  const builder = new ProgramBuilder(plan, layout, precision);
+function renderProgram(plan: KernelPlan, layout: WeightLayout, precision: WebGpuPrecision, matmul: MatmulStyle): WebGpuProgram {
+  const builder = new ProgramBuilder(plan, layout, precision, matmul);
   plan.steps.forEach((step) => builder.addStep(step));
   return builder.finish();
 }
 
 /** Activation buffers an f16 program stores as f16 (the residual stream act0, act1, ... stays f32). */
-const HALF_BUFFERS: WebGpuBufferName[] = ['normed', 'grnHidden'];
+const HALF_BUFFERS: WebGpuBufferName[] = ['normed', 'hidden'];
 
 /** What every kernel of one block shares. */
 interface BlockKernels {
@@ -184,12 +214,15 @@ class ProgramBuilder {
 
   private readonly half: boolean;
 
-  constructor(private readonly plan: KernelPlan, private readonly layout: WeightLayout, private readonly precision: WebGpuPrecision) {
+  constructor(
+    private readonly plan: KernelPlan, private readonly layout: WeightLayout, private readonly precision: WebGpuPrecision,
+    private readonly matmul: MatmulStyle,
+  ) {
     this.half = precision === 'f16';
     const levels = plan.levels.length;
     const empty = (): WebGpuBufferSize => ({ floatsPerPixel: new Array(levels).fill(0), floatsPerImage: 0 });
     const activations = Object.fromEntries(plan.activationBuffers.map((buffer) => [buffer.name, empty()]));
-    this.buffers = { ...activations, normed: empty(), grnHidden: empty(), grnPartial: empty(), grnScale: empty(), pooled: empty() };
+    this.buffers = { ...activations, normed: empty(), hidden: empty(), grnPartial: empty(), grnScale: empty(), pooled: empty() };
   }
 
   finish(): WebGpuProgram {
@@ -206,8 +239,10 @@ class ProgramBuilder {
       levels: this.plan.levels.length,
       weightFloats: this.layout.floats,
       precision: this.precision,
+      matmul: this.matmul,
       halfBuffers: this.half ? HALF_BUFFERS : [],
-      requiredFeatures: this.half ? ['shader-f16'] : [],
+      requiredFeatures: [...(this.half ? ['shader-f16'] : []), ...(this.matmul === 'subgroups' ? ['subgroups'] : [])],
+      ...(this.matmul === 'subgroups' ? { minSubgroupSize: SUBGROUP_LANES } : {}),
     };
   }
 
@@ -260,13 +295,14 @@ class ProgramBuilder {
   private shader(
     label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number,
     weights?: WeightWindow,
+    enable: string[] = [],
   ): number {
     if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
     const types = { half: this.half, weightType: this.precision, halfType: this.precision, ...matrixAccess(this.precision, weights) };
     const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...TEMPLATE_CONSTANTS, ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
-    const code = this.half ? `enable f16;\n${rendered}` : rendered;
+    const code = [...(this.half ? ['f16'] : []), ...enable].map((extension) => `enable ${extension};\n`).join('') + rendered;
     const existing = this.shaderIndex.get(code);
     if (existing !== undefined) return existing;
     this.shaders.push({ label, code, workgroupSize, workgroupStorageBytes, storageBuffers });
@@ -361,8 +397,70 @@ class ProgramBuilder {
     };
     if (block.src === block.dst) throw new Error(`internal: block ${block.name} reads and writes the same buffer`);
     this.blockDwconv(block);
-    if (step.grn) this.grnBlockMlp(block);
+    if (this.matmul === 'subgroups') this.subgroupBlockMlp(block);
+    else if (step.grn) this.grnBlockMlp(block);
     else this.blockMlp(block);
+  }
+
+  /**
+   * The MLP as two subgroup matrix kernels through the `hidden` buffer (ConvNeXt V2: GRN's
+   * statistics between them, its scale applied as pwconv2 reads `hidden`).
+   */
+  private subgroupBlockMlp(block: BlockKernels): void {
+    const { step, name, channels4, hidden4, src, dst, common, activationCode, pw1, pw2 } = block;
+    if (pw1.bits || pw2.bits) throw new Error('internal: the subgroup kernels read float weights');
+    this.usePerPixel('hidden', step.level, step.hidden.padded);
+    this.matmulSubgroup({
+      label: `${name}: pwconv1 + activation`, common, weights: pw1, weight: pw1.fields.pw1Weight, bias: pw1.fields.pw1Bias,
+      in4: channels4, out4: hidden4, activation: step.activation, activationCode,
+      bindings: { src: 'normed', dst: 'hidden' },
+    });
+    if (step.grn) {
+      this.usePerImage('grnScale', step.hidden.padded);
+      this.grnStatistics(block);
+    }
+    this.matmulSubgroup({
+      label: `${name}: ${step.grn ? 'GRN + ' : ''}pwconv2 + residual`, common, weights: pw2, weight: pw2.fields.pw2Weight, bias: pw2.fields.pw2Bias,
+      in4: hidden4, out4: channels4, bindings: { src: 'hidden', dst, residual: src, ...(step.grn ? { scale: 'grnScale' } : {}) },
+    });
+  }
+
+  /** One subgroup matrix kernel (templates/wgsl/matmul-subgroup): pwconv1 + activation, or pwconv2 + residual. */
+  private matmulSubgroup(k: {
+    label: string; common: BlockKernels['common']; weights: WeightWindow; weight: number; bias: number; in4: number; out4: number;
+    activation?: Activation; activationCode?: string;
+    bindings: { src: WebGpuBufferName; dst: WebGpuBufferName; residual?: WebGpuBufferName; scale?: WebGpuBufferName };
+  }): void {
+    const sizes = runtimeSizes({ K4: k.in4, N4: k.out4, WEIGHT: k.weight, BIAS: k.bias });
+    const epilogue = k.activation ? `+ ${k.activation}` : k.bindings.scale ? '(GRN-scaled input) + residual' : '+ residual';
+    const shape = this.half ? SUBGROUP_SHAPE.f16 : SUBGROUP_SHAPE.f32;
+    const lanes = Array.from({ length: SUBGROUP_LANES }, (_, i) => i);
+    const columnCount = SUBGROUP_LANES * shape.columnsPerLane;
+    // Lane i holds column i of the pass (f32), or columns 2i and 2i + 1 (f16: one u32 of two halves).
+    const broadcasts = lanes.flatMap((lane) => (shape.columnsPerLane === 1
+      ? [{ column: lane, source: 'w', lane }]
+      : [{ column: 2 * lane, source: 'w.x', lane }, { column: 2 * lane + 1, source: 'w.y', lane }]));
+    const columns = Array.from({ length: columnCount }, (_, c) => c);
+    const shader = this.shader(`blocks: subgroup matmul ${epilogue}`, 'matmul-subgroup', {
+      ...sizes.template, activation: k.activation !== undefined, activationCode: k.activationCode, inputScale: k.bindings.scale !== undefined,
+      lanes: SUBGROUP_LANES, columnsPerLane: shape.columnsPerLane, columnCount, columns, broadcasts,
+      vec4s: Array.from({ length: columnCount / 4 }, (_, index) => ({ index, offset: 4 * index, columns: columns.slice(4 * index, 4 * index + 4) })),
+      pixelsPerLane: shape.pixelsPerLane, rows: Array.from({ length: shape.pixelsPerLane }, (_, i) => i),
+      tilePixels: SUBGROUP_WORKGROUP * shape.pixelsPerLane, tileColumns: SUBGROUP_TILE_COLUMNS,
+    }, SUBGROUP_WORKGROUP, 0, k.bindings.scale ? 5 : k.bindings.residual ? 4 : 3, undefined, ['subgroups']);
+    const buffer = (name: WebGpuBufferName): WebGpuResource => ({ kind: 'buffer', buffer: name });
+    this.kernel({
+      ...k.common, label: k.label, shader, weightBase: k.weights.weightBase, sizes: sizes.values,
+      grid: { unit: 'pixels', perWorkgroup: SUBGROUP_WORKGROUP * shape.pixelsPerLane, columnTiles: Math.ceil((k.out4 * 4) / SUBGROUP_TILE_COLUMNS) },
+      bindings: [
+        { binding: 0, resource: { kind: 'params' } },
+        { binding: 1, resource: k.weights.resource },
+        { binding: 2, resource: buffer(k.bindings.src) },
+        { binding: 3, resource: buffer(k.bindings.dst) },
+        ...(k.bindings.residual ? [{ binding: 4, resource: buffer(k.bindings.residual) }] : []),
+        ...(k.bindings.scale ? [{ binding: 5, resource: buffer(k.bindings.scale) }] : []),
+      ],
+    });
   }
 
   /** 7x7 depthwise conv + LayerNorm into `normed` (f16: the raw convolution goes to the block output first). */
@@ -422,7 +520,7 @@ class ProgramBuilder {
   /** ConvNeXt V2: GRN needs the whole image's hidden activations before pwconv2, so the MLP is split around it. */
   private grnBlockMlp(block: BlockKernels): void {
     const { step, name, channels4, hidden4, common, activationCode, pw1 } = block;
-    this.usePerPixel('grnHidden', step.level, step.hidden.padded);
+    this.usePerPixel('hidden', step.level, step.hidden.padded);
     this.usePerImage('grnScale', step.hidden.padded);
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
     const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
@@ -435,7 +533,7 @@ class ProgramBuilder {
         { binding: 0, resource: { kind: 'params' } },
         { binding: 1, resource: pw1.resource },
         { binding: 2, resource: { kind: 'buffer', buffer: 'normed' } },
-        { binding: 3, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 3, resource: { kind: 'buffer', buffer: 'hidden' } },
       ],
     });
     this.grnStatistics(block);
@@ -457,7 +555,7 @@ class ProgramBuilder {
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: GRN_SLICES * channelTiles },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
-        { binding: 1, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 1, resource: { kind: 'buffer', buffer: 'hidden' } },
         { binding: 2, resource: { kind: 'buffer', buffer: 'grnPartial' } },
       ],
     });
@@ -489,7 +587,7 @@ class ProgramBuilder {
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
         { binding: 1, resource: pw2.resource },
-        { binding: 2, resource: { kind: 'buffer', buffer: 'grnHidden' } },
+        { binding: 2, resource: { kind: 'buffer', buffer: 'hidden' } },
         { binding: 3, resource: { kind: 'buffer', buffer: 'grnScale' } },
         { binding: 4, resource: { kind: 'buffer', buffer: src } },
         { binding: 5, resource: { kind: 'buffer', buffer: dst } },

@@ -21,7 +21,7 @@ import { floatsToHalves } from './half.js';
 // ---- the program: compiled data, baked into generated modules as JSON ---------------------------
 
 /** Activation buffers. `input` is the NCHW image batch; the rest are sized from WebGpuProgram.buffers. */
-export type WebGpuBufferName = 'input' | ActivationBufferName | 'normed' | 'grnHidden' | 'grnPartial' | 'grnScale' | 'pooled';
+export type WebGpuBufferName = 'input' | ActivationBufferName | 'normed' | 'hidden' | 'grnPartial' | 'grnScale' | 'pooled';
 
 /** How many floats a buffer needs: batch x max over levels of (pixels x floatsPerPixel[level]) + batch x floatsPerImage. */
 export interface WebGpuBufferSize {
@@ -109,10 +109,16 @@ export interface WebGpuProgram {
   precision: 'f32' | 'f16';
   /** Activation buffers stored as f16 (2 bytes per float); the rest hold f32. */
   halfBuffers: WebGpuBufferName[];
-  /** Adapter features the kernels need (none in f32 mode; shader-f16 in f16 mode). */
+  /** Adapter features the kernels need (none in f32 mode; shader-f16 in f16 mode; subgroups for the subgroup kernels). */
   requiredFeatures: string[];
+  /** How the blocks' pointwise convolutions run (compiler/webgpu.ts, MatmulStyle); absent: 'tiles'. */
+  matmul?: 'tiles' | 'subgroups';
+  /** The subgroup kernels assume that invocations 0..N-1 of a workgroup share one subgroup: the adapter's subgroupMinSize must reach N. */
+  minSubgroupSize?: number;
   /** A build with --precision f16 carries its f16 program here; load() runs it where the adapter has shader-f16. */
   f16?: WebGpuProgram;
+  /** Float-weight builds carry the subgroup variant of the f32 program here; load() runs it on CPU adapters that can (see `matmul`). */
+  subgroups?: WebGpuProgram;
 }
 
 // ---- errors ---------------------------------------------------------------------------------------
@@ -178,6 +184,13 @@ export interface WebGpuBackendOptions {
    * adapter has shader-f16, else f32. 'f32' always works; 'f16' fails where it cannot run.
    */
   precision?: 'f32' | 'f16';
+  /**
+   * How the f32 kernels compute the blocks' pointwise convolutions. 'auto' (default): 'subgroups'
+   * on CPU adapters (isFallbackAdapter, e.g. lavapipe) whose subgroups hold 8 or more invocations,
+   * where they run several times faster, else 'tiles'. 'subgroups' fails where the adapter cannot
+   * run them; 'tiles' always works.
+   */
+  matmul?: 'auto' | 'tiles' | 'subgroups';
 }
 
 // ---- lifetimes ------------------------------------------------------------------------------------
@@ -226,32 +239,54 @@ export async function createWebGpuBackend(
 
 const F16_NOTE = 'f16 (statistics and accumulation in f32)';
 
-/** The programs a load may run, best first, as the options allow. */
-function programChoices(program: WebGpuProgram, options: WebGpuBackendOptions): WebGpuProgram[] {
+/** What decides whether a program runs on an adapter (or a caller's device). */
+interface AdapterTraits { features: ReadonlySet<string>; info?: GPUAdapterInfo; what: string }
+
+/** Why a program cannot run on an adapter, or undefined when it can. */
+function unrunnable(program: WebGpuProgram, adapter: AdapterTraits): string | undefined {
+  const missing = program.requiredFeatures.filter((f) => !adapter.features.has(f));
+  if (missing.length > 0) return `this ${adapter.what} lacks the feature(s) ${missing.join(', ')}`;
+  const subgroupMinSize = (adapter.info as { subgroupMinSize?: number } | undefined)?.subgroupMinSize ?? 0;
+  if (program.minSubgroupSize !== undefined && subgroupMinSize < program.minSubgroupSize) {
+    return `this ${adapter.what}'s subgroups may hold ${subgroupMinSize || 'an unknown number of'} invocations, the subgroup kernels need ${program.minSubgroupSize}`;
+  }
+  return undefined;
+}
+
+/** The program a load runs, as the options and the adapter allow, and how to describe the choice. */
+function chooseProgram(built: WebGpuProgram, options: WebGpuBackendOptions, adapter: AdapterTraits): { program: WebGpuProgram; precision: string } {
   if (options.precision !== undefined && options.precision !== 'f32' && options.precision !== 'f16') {
     throw new TypeError(`cxc: precision must be 'f32' or 'f16', got ${JSON.stringify(options.precision)}`);
   }
-  if (options.precision === 'f32') return [program];
+  const matmul = options.matmul ?? 'auto';
+  if (matmul !== 'auto' && matmul !== 'tiles' && matmul !== 'subgroups') {
+    throw new TypeError(`cxc: matmul must be 'auto', 'tiles' or 'subgroups', got ${JSON.stringify(options.matmul)}`);
+  }
+  // Precision first: f16 where built and runnable (or asked for), else f32.
+  let base = built;
+  let precision = 'f32';
   if (options.precision === 'f16') {
-    if (!program.f16) throw new WebGpuError('missing-feature', "cxc: this package has no f16 kernels: build it with `cxc build --precision f16`, or load it with { precision: 'f32' }");
-    return [program.f16];
+    if (!built.f16) throw new WebGpuError('missing-feature', "cxc: this package has no f16 kernels: build it with `cxc build --precision f16`, or load it with { precision: 'f32' }");
+    const why = unrunnable(built.f16, adapter);
+    if (why) throw new WebGpuError('missing-feature', `cxc: ${why} the f16 kernels need: load with { precision: 'f32' } (the CLI: \`cxc build --precision f32\`), or ${USE_WASM}`);
+    [base, precision] = [built.f16, F16_NOTE];
+  } else if (options.precision === undefined && built.f16) {
+    if (unrunnable(built.f16, adapter)) precision = `f32 (no ${built.f16.requiredFeatures.join(', ')} on this ${adapter.what})`;
+    else [base, precision] = [built.f16, F16_NOTE];
   }
-  return program.f16 ? [program.f16, program] : [program];
-}
-
-/** The first program whose features the adapter (or device) has, and how to describe the choice. */
-function chooseProgram(choices: WebGpuProgram[], features: ReadonlySet<string>, what: string): { program: WebGpuProgram; precision: string } {
-  const runnable = choices.find((p) => p.requiredFeatures.every((f) => features.has(f)));
-  if (!runnable) {
-    const missing = choices[0].requiredFeatures.filter((f) => !features.has(f));
-    throw new WebGpuError(
-      'missing-feature',
-      `cxc: this ${what} lacks the feature(s) ${missing.join(', ')} the f16 kernels need: load with { precision: 'f32' } (the CLI: \`cxc build --precision f32\`), or ${USE_WASM}`,
-    );
+  const why = unrunnable(base, adapter);
+  if (why) throw new WebGpuError('missing-feature', `cxc: ${why} the kernels need; ${USE_WASM}`);
+  // Then the matrix kernels of that precision.
+  const subgroups = { program: base.subgroups!, precision: `${precision}, subgroup kernels` };
+  if (matmul === 'subgroups') {
+    if (!base.subgroups) throw new WebGpuError('missing-feature', "cxc: this package has no subgroup kernels (quantized packages have none); load it with { matmul: 'tiles' }");
+    const whyNot = unrunnable(base.subgroups, adapter);
+    if (whyNot) throw new WebGpuError('missing-feature', `cxc: ${whyNot}: load with { matmul: 'tiles' } (runs everywhere), or ${USE_WASM}`);
+    return subgroups;
   }
-  const fellBack = runnable !== choices[0];
-  const precision = runnable.precision === 'f16' ? F16_NOTE : fellBack ? `f32 (no ${choices[0].requiredFeatures.join(', ')} on this ${what})` : 'f32';
-  return { program: runnable, precision };
+  const cpuAdapter = (adapter.info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter === true;
+  if (matmul === 'auto' && cpuAdapter && base.subgroups && !unrunnable(base.subgroups, adapter)) return subgroups;
+  return { program: base, precision };
 }
 
 interface ProgramNeeds {
@@ -313,12 +348,11 @@ interface AcquiredDevice {
 }
 
 async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions): Promise<AcquiredDevice> {
-  const choices = programChoices(built, options);
   if (options.device) {
     const device = options.device;
-    const { program, precision } = chooseProgram(choices, device.features as ReadonlySet<string>, 'given GPUDevice');
-    checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
     const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+    const { program, precision } = chooseProgram(built, options, { features: device.features as ReadonlySet<string>, info, what: 'given GPUDevice' });
+    checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
     return { program, device, ownsDevice: false, description: `${describeAdapter(info)}, ${precision}, caller's device`, anchor: { gpu: options.gpu } };
   }
 
@@ -343,7 +377,7 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
         `disabled in this browser; ${USE_WASM}`,
     );
   }
-  const { program, precision } = chooseProgram(choices, adapter.features as ReadonlySet<string>, 'GPU adapter');
+  const { program, precision } = chooseProgram(built, options, { features: adapter.features as ReadonlySet<string>, info: adapter.info, what: 'GPU adapter' });
   const needs = programNeeds(program);
   const features = program.requiredFeatures as GPUFeatureName[];
   checkLimits(adapter.limits, needs, 'GPU adapter');

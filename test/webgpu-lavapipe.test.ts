@@ -2,7 +2,8 @@
  * The WebGPU target on the second CPU Vulkan driver CI has: Mesa's lavapipe (mesa-vulkan-drivers
  * from bookworm-backports; other limits than SwiftShader's, e.g. 128 MiB storage bindings, and
  * shader-f16). Every golden case within the float32 bar, as test/webgpu.test.ts does on SwiftShader;
- * then the f16 kernels (`--precision f16`), which only lavapipe can run here:
+ * with the subgroup matrix kernels load() picks here and with the tiled ones, plus the synthetic
+ * configs with the subgroup kernels; then the f16 kernels (`--precision f16`, subgroup and tiled), which only lavapipe can run here:
  *   - ConvNeXt-T logits within 3e-3 x max|golden| (the issue's goal; its bar is 1e-2), top-5 identical
  *     on every golden image and the cat photo; the smaller goldens within the same goal;
  *   - no non-finite value anywhere at 1024x1024 (statistics and accumulations stay f32);
@@ -14,7 +15,7 @@ import { createWebGpuBackend } from '../runtime/webgpu.js';
 import { topK } from '../compiler/compare.js';
 import { compare, floats, goldenPath, readGolden } from './helpers/golden.js';
 import { buildToTemp, type BuiltModule } from './helpers/build.js';
-import { buildGoldenProgram, describeGoldenCases, gpuOn, imageSlice } from './helpers/webgpu-golden.js';
+import { buildGoldenProgram, describeGoldenCases, describeSyntheticCases, gpuOn, imageSlice } from './helpers/webgpu-golden.js';
 import { readSafetensors, type TensorEntry } from '../compiler/safetensors.js';
 
 let gpu: GPU;
@@ -23,7 +24,12 @@ beforeAll(async () => {
   ({ gpu } = await gpuOn('lavapipe'));
 });
 
+// load() picks the subgroup matrix kernels here (compiler/webgpu.ts, MatmulStyle); the tiled ones,
+// which every other adapter runs, are proven here too, and the synthetic configs cover what the
+// goldens cannot for the subgroup kernels (channel counts that are not multiples of 8, padding, batch > 1 with GRN).
 describeGoldenCases('lavapipe', () => gpu);
+describeGoldenCases('lavapipe', () => gpu, 'tiles');
+describeSyntheticCases('lavapipe', () => gpu, 'subgroups');
 
 /** The issue's goal for f16 logits, as a fraction of max |golden logit|. */
 const F16_GOAL = 3e-3;
@@ -35,13 +41,15 @@ function maxAbs(values: Float32Array): number {
 }
 
 describe('WebGPU f16 kernels on lavapipe (shader-f16)', () => {
-  for (const name of ['micro', 'small-bf16', 'v2-micro', 'convnext-tiny-224']) {
-    test(`${name}: logits within ${F16_GOAL} x max|golden|, top-5 identical`, { timeout: 900_000 }, async () => {
+  // 'auto' runs the f16 subgroup matrix kernels here; 'tiles' the f16 tiled MLP.
+  for (const [name, matmul] of ['micro', 'small-bf16', 'v2-micro', 'convnext-tiny-224'].flatMap((n) => [[n, 'auto'], [n, 'tiles']] as const)) {
+    test(`${name}, ${matmul === 'auto' ? 'subgroup' : 'tiled'} kernels: logits within ${F16_GOAL} x max|golden|, top-5 identical`, { timeout: 900_000 }, async () => {
       const built = buildGoldenProgram(name, { precision: 'f16' });
       expect(built.program.f16?.requiredFeatures).toEqual(['shader-f16']);
-      const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu });
+      expect(built.program.f16?.subgroups?.requiredFeatures).toEqual(['shader-f16', 'subgroups']);
+      const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu, matmul });
       try {
-        expect(backend.description).toMatch(/f16 \(statistics and accumulation in f32\)/);
+        expect(backend.description).toMatch(matmul === 'auto' ? /f16 \(statistics and accumulation in f32\), subgroup kernels$/ : /f16 \(statistics and accumulation in f32\)$/);
         const inputs: Array<[string, Map<string, TensorEntry>]> = [[name, readGolden('models', name, 'golden.safetensors')]];
         if (name === 'convnext-tiny-224') inputs.push(['the cat photo', readGolden('models', name, 'end2end-chelsea.safetensors')]);
         const report: string[] = [];
@@ -58,7 +66,7 @@ describe('WebGPU f16 kernels on lavapipe (shader-f16)', () => {
           expect(relative, `${what}: logits error / max|golden|`).toBeLessThanOrEqual(F16_GOAL);
           expect(topK(logits, logits.length / batch, 5), `${what}: top-5`).toEqual(topK(expected, expected.length / batch, 5));
         }
-        console.log(`[webgpu lavapipe f16] ${name} on ${backend.description}: ${report.join('; ')}`);
+        console.log(`[webgpu lavapipe f16] ${name} (${matmul}) on ${backend.description}: ${report.join('; ')}`);
       } finally {
         backend.dispose();
       }
@@ -104,7 +112,7 @@ describe('a package built with --precision f16, loaded on lavapipe', () => {
     const pixels = golden.get('pixel_values')!;
     const [batch, , height, width] = pixels.shape;
     const expected = floats(golden.get('logits'), 'logits');
-    for (const [precision, pattern, bar] of [[undefined, /, f16 \(statistics and accumulation in f32\)$/, F16_GOAL * maxAbs(expected)], ['f32', /, f32$/, 1e-4 * Math.max(1, maxAbs(expected))]] as const) {
+    for (const [precision, pattern, bar] of [[undefined, /, f16 \(statistics and accumulation in f32\), subgroup kernels$/, F16_GOAL * maxAbs(expected)], ['f32', /, f32, subgroup kernels$/, 1e-4 * Math.max(1, maxAbs(expected))]] as const) {
       const model = await built.load({ gpu, precision });
       try {
         expect(model.backend).toMatch(pattern);

@@ -5,18 +5,12 @@
  * test/webgpu-lavapipe.test.ts runs the same golden cases on Mesa's lavapipe.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { parseModelConfig, type ModelSpec } from '../compiler/config.js';
-import type { CheckpointWeights } from '../compiler/checkpoint.js';
 import type { TensorEntry } from '../compiler/safetensors.js';
-import { packWeights } from '../compiler/layout.js';
-import { planModel } from '../compiler/plan.js';
-import { renderWebGpu, WEBGPU_PACKING } from '../compiler/webgpu.js';
 import { createWebGpuBackend, WebGpuError } from '../runtime/webgpu.js';
-import type { Backend, ModelManifest } from '../runtime/types.js';
+import type { Backend } from '../runtime/types.js';
 import { compare, floats, readGolden } from './helpers/golden.js';
 import { referenceForward } from './helpers/reference.js';
-import { random, randomCheckpoint } from './helpers/random-checkpoint.js';
-import { buildGoldenProgram as build, checkOutputs, describeGoldenCases, gpuOn, imageSlice, type Built } from './helpers/webgpu-golden.js';
+import { buildGoldenProgram as build, buildSynthetic, checkOutputs, describeGoldenCases, describeSyntheticCases, gpuOn, imageSlice, type Built } from './helpers/webgpu-golden.js';
 
 let gpu: GPU;
 let adapter: GPUAdapter;
@@ -131,6 +125,28 @@ describe('WebGPU backend errors', () => {
     expect(f32Only.message).toMatch(/build it with `cxc build --precision f16`/);
   });
 
+  test('the subgroup matrix kernels: refused with the reason where the adapter cannot run them, never picked by default', async () => {
+    expect(micro.program.subgroups?.requiredFeatures).toEqual(['subgroups']);
+    expect(micro.program.subgroups?.minSubgroupSize).toBe(8);
+    expect(micro.program.subgroups?.matmul).toBe('subgroups');
+    // SwiftShader's subgroups hold 4 invocations: the kernels' 8-lane broadcasts would mix two subgroups.
+    expect(adapter.info.subgroupMaxSize).toBeLessThan(8);
+    const chosen = await createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu });
+    try {
+      expect(chosen.description).toMatch(/, f32$/);
+    } finally {
+      chosen.dispose();
+    }
+    const error = await rejection(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'subgroups' }));
+    expect(error.code).toBe('missing-feature');
+    expect(error.message).toMatch(/subgroups may hold 4 invocations, the subgroup kernels need 8/);
+    expect(error.message).toContain("{ matmul: 'tiles' }");
+    const { subgroups: _none, ...withoutSubgroups } = micro.program;
+    const missing = await rejection(createWebGpuBackend(micro.manifest, withoutSubgroups, micro.weights, { gpu, matmul: 'subgroups' }));
+    expect(missing.message).toMatch(/this package has no subgroup kernels/);
+    await expect(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'fast' as never })).rejects.toThrow(/matmul must be 'auto', 'tiles' or 'subgroups', got "fast"/);
+  });
+
   test('a shader that does not compile reports the compiler\'s messages', async () => {
     const shaders = micro.program.shaders.map((s, i) => (i === 1 ? { ...s, code: s.code.replace('fn main(', 'fn main(oops ') } : s));
     const error = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, shaders }, micro.weights, { gpu }));
@@ -203,69 +219,4 @@ describe('WebGPU backend errors', () => {
   });
 });
 
-// ---- synthetic configs against an independent float64 reference -------------------------------------
-// The goldens are all multiples of 4 channels, GELU, patch 4. These cover what they cannot: padding
-// lanes (odd channel counts), other activations, other patch sizes and input channels, odd sizes, and
-// the compile-time folds (the reference, test/helpers/reference.ts, runs the unfolded checkpoint).
-
-/** The compiler pipeline for a config with random weights (no checkpoint folder needed). */
-function buildSynthetic(config: Record<string, unknown>, seed: number): Built & { spec: ModelSpec; checkpoint: CheckpointWeights } {
-  const spec = parseModelConfig(config, 'synthetic config.json');
-  const checkpoint = randomCheckpoint(spec, seed);
-  const packed = packWeights(spec, WEBGPU_PACKING, checkpoint);
-  const plan = planModel(spec, packed.layout);
-  const manifest = { name: 'synthetic', minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps } as ModelManifest;
-  return { manifest, program: renderWebGpu(plan, packed.layout), weights: packed.data, spec, checkpoint };
-}
-
-const SYNTHETIC: Array<{ name: string; config: Record<string, unknown>; batch: number; height: number; width: number }> = [
-  {
-    name: 'V1, 6/10 channels, gelu_new, patch 2, 1 input channel, layer scale, 13x11',
-    config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_channels: 1, patch_size: 2, num_stages: 2, hidden_sizes: [6, 10], depths: [1, 2], hidden_act: 'gelu_new', layer_scale_init_value: 0.5, num_labels: 3 },
-    batch: 2, height: 13, width: 11,
-  },
-  {
-    name: 'V2, 5/12/7 channels, silu, patch 3, base model (pooler only), 20x17',
-    config: { architectures: ['ConvNextV2Model'], model_type: 'convnextv2', patch_size: 3, num_stages: 3, hidden_sizes: [5, 12, 7], depths: [2, 1, 1], hidden_act: 'silu' },
-    batch: 3, height: 20, width: 17,
-  },
-  {
-    name: 'V1 backbone, 4/9 channels, relu, feature maps of stem and stage2, no layer scale, 9x16',
-    config: { architectures: ['ConvNextBackbone'], model_type: 'convnext', num_stages: 2, hidden_sizes: [4, 9], depths: [1, 1], hidden_act: 'relu', layer_scale_init_value: 0, out_features: ['stem', 'stage2'], patch_size: 2 },
-    batch: 2, height: 9, width: 16,
-  },
-  {
-    // 132 channels: the fused MLP gives each invocation 2 output blocks, the second round partial.
-    name: 'V1, 132/20 channels (several MLP output blocks per invocation), gelu, 33x40',
-    config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_stages: 2, hidden_sizes: [132, 20], depths: [1, 1], hidden_act: 'gelu', num_labels: 5 },
-    batch: 1, height: 33, width: 40,
-  },
-];
-
-describe('WebGPU target against a float64 reference: synthetic configs', () => {
-  for (const [index, testCase] of SYNTHETIC.entries()) {
-    test(testCase.name, { timeout: 300_000 }, async () => {
-      const { spec, checkpoint, manifest, program, weights } = buildSynthetic(testCase.config, 1234 + index);
-      const backend = await createWebGpuBackend(manifest, program, weights, { gpu });
-      try {
-        const { batch, height, width } = testCase;
-        const next = random(99 + index);
-        const input = Float32Array.from({ length: batch * spec.numChannels * height * width }, () => 2 * next());
-        const outputs = await backend.run(input, batch, height, width, true);
-        const references = referenceForward(spec, checkpoint, input, batch, height, width);
-        expect([...outputs.keys()].sort()).toEqual([...references.keys()].sort());
-        const report: string[] = [];
-        for (const [name, output] of outputs) {
-          expect(output.shape, name).toEqual(references.get(name)!.shape);
-          const expected = Float32Array.from(references.get(name)!.data);
-          const { maxError, tolerance } = compare(output.data, expected);
-          report.push(`${name} ${maxError.toExponential(1)} (bar ${tolerance.toExponential(1)})`);
-          expect(maxError, `${name} max |error|`).toBeLessThanOrEqual(tolerance);
-        }
-        console.log(`[webgpu] synthetic: ${testCase.name}\n  ${report.join(', ')}`);
-      } finally {
-        backend.dispose();
-      }
-    });
-  }
-});
+describeSyntheticCases('swiftshader', () => gpu);

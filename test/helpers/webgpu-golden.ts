@@ -17,6 +17,11 @@ import { checksum32 } from '../../runtime/checksum.js';
 import { createWebGpuBackend, type WebGpuProgram } from '../../runtime/webgpu.js';
 import type { ModelManifest, RawOutputs } from '../../runtime/types.js';
 import { compare, floats, goldenPath, readGolden } from './golden.js';
+import { referenceForward } from './reference.js';
+import { random, randomCheckpoint } from './random-checkpoint.js';
+import type { CheckpointWeights } from '../../compiler/checkpoint.js';
+import type { ModelSpec } from '../../compiler/config.js';
+import type { WebGpuBackendOptions } from '../../runtime/webgpu.js';
 
 export interface Built {
   manifest: ModelManifest;
@@ -108,9 +113,18 @@ export async function gpuOn(driver: VulkanDriver): Promise<{ gpu: GPU; adapter: 
   return { gpu, adapter };
 }
 
+/** Which matrix kernels a suite asks load() for, and the backend description that proves it got them. */
+export type Matmul = NonNullable<WebGpuBackendOptions['matmul']>;
+function expectMatmul(description: string, matmul: Matmul, driver: VulkanDriver): void {
+  // 'auto' picks the subgroup kernels on lavapipe (a CPU adapter with subgroups of 8); on SwiftShader
+  // (subgroups of 4) it runs the tiled kernels, as an explicit 'tiles' does everywhere.
+  if (matmul === 'subgroups' || (matmul === 'auto' && driver === 'lavapipe')) expect(description).toMatch(/, f32, subgroup kernels/);
+  else if (matmul === 'tiles' || driver === 'swiftshader') expect(description).not.toMatch(/subgroup kernels/);
+}
+
 /** Every golden case on one driver, every output within the float32 bar. */
-export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU): void {
-  describe(`WebGPU target on Dawn + ${driver}: golden cases`, () => {
+export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU, matmul: Matmul = 'auto'): void {
+  describe(`WebGPU target on Dawn + ${driver}${matmul === 'auto' ? '' : `, ${matmul} matrix kernels`}: golden cases`, () => {
     for (const testCase of GOLDEN_CASES) {
       test(testCase.name, { timeout: testCase.timeoutMs }, async () => {
         const built = buildGoldenProgram(testCase.name);
@@ -120,10 +134,11 @@ export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU): void 
         const images = testCase.images ?? batch;
 
         const loadStart = performance.now();
-        const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu: gpu() });
+        const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu: gpu(), matmul });
         const loadMs = performance.now() - loadStart;
         try {
           expect(backend.description).toMatch(DRIVER_ADAPTER[driver]);
+          expectMatmul(backend.description, matmul, driver);
           const runStart = performance.now();
           const withHidden = testCase.expectedOutputs.some((n) => n.startsWith('hidden_states.'));
           const outputs = await backend.run(imageSlice(floats(pixels), pixels.shape, images), images, height, width, withHidden);
@@ -140,4 +155,75 @@ export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU): void 
       });
     }
   });
+}
+
+// ---- synthetic configs against an independent float64 reference -------------------------------------
+// The goldens are all multiples of 4 channels, GELU, patch 4. These cover what they cannot: padding
+// lanes (odd channel counts), other activations, other patch sizes and input channels, odd sizes, and
+// the compile-time folds (the reference, test/helpers/reference.ts, runs the unfolded checkpoint).
+
+/** The compiler pipeline for a config with random weights (no checkpoint folder needed). */
+export function buildSynthetic(config: Record<string, unknown>, seed: number): Built & { spec: ModelSpec; checkpoint: CheckpointWeights } {
+  const spec = parseModelConfig(config, 'synthetic config.json');
+  const checkpoint = randomCheckpoint(spec, seed);
+  const packed = packWeights(spec, WEBGPU_PACKING, checkpoint);
+  const plan = planModel(spec, packed.layout);
+  const manifest = { name: 'synthetic', minInputSize: plan.minInputSize, levels: plan.levels, steps: plan.steps } as ModelManifest;
+  return { manifest, program: renderWebGpu(plan, packed.layout), weights: packed.data, spec, checkpoint };
+}
+
+const SYNTHETIC: Array<{ name: string; config: Record<string, unknown>; batch: number; height: number; width: number }> = [
+  {
+    name: 'V1, 6/10 channels, gelu_new, patch 2, 1 input channel, layer scale, 13x11',
+    config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_channels: 1, patch_size: 2, num_stages: 2, hidden_sizes: [6, 10], depths: [1, 2], hidden_act: 'gelu_new', layer_scale_init_value: 0.5, num_labels: 3 },
+    batch: 2, height: 13, width: 11,
+  },
+  {
+    name: 'V2, 5/12/7 channels, silu, patch 3, base model (pooler only), 20x17',
+    config: { architectures: ['ConvNextV2Model'], model_type: 'convnextv2', patch_size: 3, num_stages: 3, hidden_sizes: [5, 12, 7], depths: [2, 1, 1], hidden_act: 'silu' },
+    batch: 3, height: 20, width: 17,
+  },
+  {
+    name: 'V1 backbone, 4/9 channels, relu, feature maps of stem and stage2, no layer scale, 9x16',
+    config: { architectures: ['ConvNextBackbone'], model_type: 'convnext', num_stages: 2, hidden_sizes: [4, 9], depths: [1, 1], hidden_act: 'relu', layer_scale_init_value: 0, out_features: ['stem', 'stage2'], patch_size: 2 },
+    batch: 2, height: 9, width: 16,
+  },
+  {
+    // 132 channels: the fused MLP gives each invocation 2 output blocks, the second round partial.
+    name: 'V1, 132/20 channels (several MLP output blocks per invocation), gelu, 33x40',
+    config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_stages: 2, hidden_sizes: [132, 20], depths: [1, 1], hidden_act: 'gelu', num_labels: 5 },
+    batch: 1, height: 33, width: 40,
+  },
+];
+
+/** The synthetic configs on one driver against the float64 reference, every output within the float32 bar. */
+export function describeSyntheticCases(driver: VulkanDriver, gpu: () => GPU, matmul: Matmul = 'auto'): void {
+describe(`WebGPU target on Dawn + ${driver}${matmul === 'auto' ? '' : `, ${matmul} matrix kernels`} against a float64 reference: synthetic configs`, () => {
+  for (const [index, testCase] of SYNTHETIC.entries()) {
+    test(testCase.name, { timeout: 300_000 }, async () => {
+      const { spec, checkpoint, manifest, program, weights } = buildSynthetic(testCase.config, 1234 + index);
+      const backend = await createWebGpuBackend(manifest, program, weights, { gpu: gpu(), matmul });
+      expectMatmul(backend.description, matmul, driver);
+      try {
+        const { batch, height, width } = testCase;
+        const next = random(99 + index);
+        const input = Float32Array.from({ length: batch * spec.numChannels * height * width }, () => 2 * next());
+        const outputs = await backend.run(input, batch, height, width, true);
+        const references = referenceForward(spec, checkpoint, input, batch, height, width);
+        expect([...outputs.keys()].sort()).toEqual([...references.keys()].sort());
+        const report: string[] = [];
+        for (const [name, output] of outputs) {
+          expect(output.shape, name).toEqual(references.get(name)!.shape);
+          const expected = Float32Array.from(references.get(name)!.data);
+          const { maxError, tolerance } = compare(output.data, expected);
+          report.push(`${name} ${maxError.toExponential(1)} (bar ${tolerance.toExponential(1)})`);
+          expect(maxError, `${name} max |error|`).toBeLessThanOrEqual(tolerance);
+        }
+        console.log(`[webgpu ${driver}${matmul === 'auto' ? '' : ` ${matmul}`}] synthetic: ${testCase.name}\n  ${report.join(', ')}`);
+      } finally {
+        backend.dispose();
+      }
+    });
+  }
+});
 }
