@@ -242,7 +242,7 @@ function readmeApi({ wasm }: ReadmeContext): string[] {
     '## API',
     '',
     '- `load(options?)`: `weights` (path, URL or bytes; default `weights.bin` next to the module), `onProgress({ loaded, total })`, ' +
-      (wasm ? '`threads` (default 1), `relaxedSimd` (default true)' : '`gpu` (default `navigator.gpu`), `device`') + ', `worker` (default false), `cache` (browsers, default true).',
+      (wasm ? '`threads` (default 1), `relaxedSimd` (default true)' : '`gpu` (default `navigator.gpu`), `device`, `precision` (`f32`, or `f16` in a `--precision f16` build), `matmul` (`auto`: subgroup matrix kernels on CPU adapters that can run them, else `tiles`)') + ', `worker` (default false), `cache` (browsers, default true).',
     '- `model.classify(image, { topK })`: softmax scores of the top labels; `classify([image, ...])` gives one list per image. `image` is `{ data, width, height, channels: 3 | 4 }` ' +
       '(8-bit, rows top to bottom) or, in browsers, ImageData, an `<img>`, a canvas, an OffscreenCanvas, an ImageBitmap, a VideoFrame, a Blob or File, or a URL.',
     '- `model.loss(logits, labels)`: the loss transformers computes for `config.problem_type`; `model.config.id2label` and `label2id` name the classes.',

@@ -523,11 +523,15 @@ class ProgramBuilder {
     this.usePerPixel('hidden', step.level, step.hidden.padded);
     this.usePerImage('grnScale', step.hidden.padded);
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
-    const expand = this.shader(`stage ${step.stage} block: pwconv1 + ${step.activation} (${step.channels.real} -> ${step.hidden.real})`, 'grn-expand', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, fields: pw1.fields, activationCode,
+    const sizes = runtimeSizes({
+      C4: channels4, H4: hidden4, PW1_WEIGHT: pw1.fields.pw1Weight, PW1_BIAS: pw1.fields.pw1Bias,
+      ...(pw1.bits ? { PW1_SCALES: pw1.fields.pw1WeightScales } : {}),
+    });
+    const expand = this.shader(`blocks: pwconv1 + ${step.activation} (${expandColumns4} hidden vec4s per workgroup)`, 'grn-expand', {
+      ...sizes.template, tilePixels: MATMUL_TILE_PIXELS, columns4: expandColumns4, activationCode,
     }, (MATMUL_TILE_PIXELS / 4) * expandColumns4, 0, 3, pw1);
     this.kernel({
-      ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1.weightBase,
+      ...common, label: `${name}: pwconv1 + activation`, shader: expand, weightBase: pw1.weightBase, sizes: sizes.values,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: hidden4 / expandColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -547,11 +551,12 @@ class ProgramBuilder {
   private grnStatistics({ step, name, hidden4, common }: BlockKernels): void {
     this.usePerImage('grnPartial', GRN_SLICES * step.hidden.padded);
     const channelTiles = Math.ceil(hidden4 / SIMPLE_WORKGROUP);
-    const squares = this.shader(`stage ${step.stage} block: GRN sums of squares (${step.hidden.real} channels)`, 'grn-squares', {
-      hidden4, slices: GRN_SLICES, channelTiles,
+    const squaresSizes = runtimeSizes({ H4: hidden4, CHANNEL_TILES: channelTiles });
+    const squares = this.shader('blocks: GRN sums of squares', 'grn-squares', {
+      slices: GRN_SLICES, ...squaresSizes.template,
     }, SIMPLE_WORKGROUP, 0, 2);
     this.kernel({
-      ...common, weightBase: 0, label: `${name}: GRN sums of squares`, shader: squares,
+      ...common, weightBase: 0, label: `${name}: GRN sums of squares`, shader: squares, sizes: squaresSizes.values,
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: GRN_SLICES * channelTiles },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -560,11 +565,12 @@ class ProgramBuilder {
       ],
     });
     const grnWeights = this.weights(step.weights, ['grnGamma']);
-    const reduce = this.shader(`stage ${step.stage} block: GRN statistics (${step.hidden.real} channels)`, 'grn-reduce', {
-      hidden4, hiddenReal: step.hidden.real, slices: GRN_SLICES, fields: grnWeights.fields,
+    const reduceSizes = runtimeSizes({ H4: hidden4, HIDDEN_REAL: step.hidden.real, GRN_GAMMA: grnWeights.fields.grnGamma });
+    const reduce = this.shader('blocks: GRN statistics', 'grn-reduce', {
+      slices: GRN_SLICES, ...reduceSizes.template,
     }, SIMPLE_WORKGROUP, SIMPLE_WORKGROUP * 4, 3);
     this.kernel({
-      ...common, label: `${name}: GRN statistics`, shader: reduce, weightBase: grnWeights.weightBase,
+      ...common, label: `${name}: GRN statistics`, shader: reduce, weightBase: grnWeights.weightBase, sizes: reduceSizes.values,
       grid: { unit: 'images', perWorkgroup: 1, columnTiles: 1 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },
@@ -578,11 +584,15 @@ class ProgramBuilder {
   /** GRN scale + pwconv2 (+ the folded GRN bias) + residual. */
   private grnProject({ step, name, channels4, hidden4, src, dst, common, pw2 }: BlockKernels): void {
     const projectColumns4 = largestDivisorAtMost(channels4, MATMUL_MAX_COLUMNS4);
-    const project = this.shader(`stage ${step.stage} block: GRN + pwconv2 + residual (${step.hidden.real} -> ${step.channels.real})`, 'grn-project', {
-      channels4, hidden4, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4, fields: pw2.fields,
+    const sizes = runtimeSizes({
+      C4: channels4, H4: hidden4, PW2_WEIGHT: pw2.fields.pw2Weight, PW2_BIAS: pw2.fields.pw2Bias,
+      ...(pw2.bits ? { PW2_SCALES: pw2.fields.pw2WeightScales } : {}),
+    });
+    const project = this.shader(`blocks: GRN + pwconv2 + residual (${projectColumns4} output vec4s per workgroup)`, 'grn-project', {
+      ...sizes.template, tilePixels: MATMUL_TILE_PIXELS, columns4: projectColumns4,
     }, (MATMUL_TILE_PIXELS / 4) * projectColumns4, 0, 5, pw2);
     this.kernel({
-      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2.weightBase,
+      ...common, label: `${name}: GRN + pwconv2 + residual`, shader: project, weightBase: pw2.weightBase, sizes: sizes.values,
       grid: { unit: 'pixels', perWorkgroup: MATMUL_TILE_PIXELS, columnTiles: channels4 / projectColumns4 },
       bindings: [
         { binding: 0, resource: { kind: 'params' } },

@@ -147,7 +147,7 @@ export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU, matmul
           const report = checkOutputs(outputs, golden, testCase.goldenName, images);
           console.log(
             `[webgpu ${driver}] ${testCase.name}: batch ${images} at ${height}x${width}, load ${loadMs.toFixed(0)} ms ` +
-              `(${built.program.shaders.length} pipelines), run ${runMs.toFixed(0)} ms on ${backend.description}\n  ${report.join('\n  ')}`,
+              `(${(/subgroup kernels/.test(backend.description) ? built.program.subgroups! : built.program).shaders.length} pipelines), run ${runMs.toFixed(0)} ms on ${backend.description}\n  ${report.join('\n  ')}`,
           );
         } finally {
           backend.dispose();
