@@ -40,6 +40,7 @@ if (values.rebuild || !existsSync(`${moduleDir}/index.js`)) {
   await buildModule({ input: values.model, target: 'webgpu', outDir: moduleDir, force: true, precision: values.precision, weightsDtype: dtype });
 }
 const { nodeGpu } = await import('../dist/compiler/node-gpu.js');
+const { WEIGHTS_DTYPE_BARS } = await import('../dist/compiler/compare.js');
 let gpu = await nodeGpu({ driver: values.driver });
 if (values['dawn-features']) gpu = (await import('webgpu')).create([`enable-dawn-features=${values['dawn-features']}`]);
 const adapter = await gpu.requestAdapter();
@@ -117,7 +118,8 @@ for (let r = 0; r < Number(values.runs); r++) {
   t0 = performance.now();
   const out = await model.run(input, { batch: 1, height, width });
   times.push(performance.now() - t0);
-  checkLogits('cxc', out.logits, values.precision === 'f16' ? 3e-3 : 1e-4);
+  // Each weights dtype's declared bar (compiler/compare.ts); f16 kernels: the issue's 3e-3.
+  checkLogits('cxc', out.logits, dtype !== 'f32' ? WEIGHTS_DTYPE_BARS[dtype] : values.precision === 'f16' ? 3e-3 : 1e-4);
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
 console.log(`whole runs: ${times.map((t) => t.toFixed(0)).join(', ')} ms (median ${median(times).toFixed(0)})`);

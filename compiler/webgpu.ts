@@ -91,17 +91,31 @@ export interface WebGpuRenderOptions {
 }
 
 /**
- * How a program computes the blocks' pointwise convolutions:
- *   'tiles'     the fused MLP kernel (hidden tile in workgroup memory); what every adapter runs;
- *   'subgroups' two matrix kernels (pwconv1 + activation into the `hidden` buffer, pwconv2 +
- *               residual) that share weights across a subgroup with subgroupBroadcast.
- * Measured on ConvNeXt-T (2026-11-30, 2-core Zen 5 VM, same process, medians): see the README's
- * WebGPU table. On lavapipe every load inside a loop is a per-lane scalar load with a bounds
- * check, so loads, not FMAs, decide the speed; the subgroup kernels do 3.6x fewer of them per FMA.
- * SwiftShader (subgroups of 4) gains nothing from them, GPUs were not measured: load() picks
- * 'subgroups' on CPU (fallback) adapters whose subgroups hold at least SUBGROUP_LANES invocations.
+ * How a program computes the blocks' pointwise convolutions. Every package has the 'tiles' program
+ * (the fused MLP kernel, its hidden tile in workgroup memory), which runs everywhere. Beside it,
+ * `WebGpuProgram.subgroups` carries variants that use subgroup operations, for the CPU Vulkan
+ * drivers, where every storage or workgroup load inside a loop is a per-lane scalar load with a
+ * bounds check, so that loads, not FMAs, decide the speed:
+ *   'split'   pwconv1 + activation and pwconv2 + residual as two matrix kernels through the
+ *             `hidden` buffer, each invocation 4 pixels (f16: 2) x 8 columns (f16: 16), the 8
+ *             invocations of a subgroup sharing their weight loads with subgroupBroadcast
+ *             (templates/wgsl/matmul-subgroup); float weights, subgroups of 8 or more;
+ *   'shared'  the fused MLP, with the invocations of a subgroup (exactly `shareRows` of them, as
+ *             consecutive invocation indices form them on these drivers) sharing their activation
+ *             row loads (templates/wgsl/block-mlp); every weights dtype.
+ * Measured on ConvNeXt-T f32 (2026-11-30, 2-core Zen 5 VM, medians): lavapipe tiles 1.6-1.9 s,
+ * shared (8) 0.94 s, split 0.82-0.86 s (f16 split 0.62 s); SwiftShader tiles 5.3 s, shared (4) 4.0 s.
+ * load() picks the first runnable variant on fallback (CPU) adapters; GPUs keep 'tiles' (the
+ * variants were not measured on a GPU).
  */
-export type MatmulStyle = 'tiles' | 'subgroups';
+export type MatmulStyle = { kind: 'tiles' } | { kind: 'split' } | { kind: 'shared'; shareRows: number };
+
+/** The subgroup variants a package carries, best first (see MatmulStyle). */
+function subgroupVariants(precision: WebGpuPrecision, quantized: boolean): MatmulStyle[] {
+  // Split kernels read float weights; f16 programs need shader-f16, which SwiftShader (subgroups of 4) lacks.
+  if (quantized) return [{ kind: 'shared', shareRows: 8 }, { kind: 'shared', shareRows: 4 }];
+  return precision === 'f16' ? [{ kind: 'split' }] : [{ kind: 'split' }, { kind: 'shared', shareRows: 4 }];
+}
 
 export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: WebGpuRenderOptions = {}): WebGpuProgram {
   const { packing } = layout;
@@ -114,11 +128,10 @@ export function renderWebGpu(plan: KernelPlan, layout: WeightLayout, options: We
   if (packing.channelAlign !== WEBGPU_PACKING.channelAlign || packing.panelWidth !== WEBGPU_PACKING.panelWidth) {
     throw new Error(`internal: the WebGPU kernels need weights packed with WEBGPU_PACKING, got ${JSON.stringify(packing)}`);
   }
-  // The subgroup kernels read float weights: quantized packages keep the tiled kernels only.
   const quantized = packing.dtype === 'q8' || packing.dtype === 'q4';
   const withSubgroups = (precision: WebGpuPrecision): WebGpuProgram => ({
-    ...renderProgram(plan, layout, precision, 'tiles'),
-    ...(quantized ? {} : { subgroups: renderProgram(plan, layout, precision, 'subgroups') }),
+    ...renderProgram(plan, layout, precision, { kind: 'tiles' }),
+    subgroups: subgroupVariants(precision, quantized).map((style) => renderProgram(plan, layout, precision, style)),
   });
   return { ...withSubgroups('f32'), ...(options.precision === 'f16' ? { f16: withSubgroups('f16') } : {}) };
 }
@@ -239,11 +252,23 @@ class ProgramBuilder {
       levels: this.plan.levels.length,
       weightFloats: this.layout.floats,
       precision: this.precision,
-      matmul: this.matmul,
       halfBuffers: this.half ? HALF_BUFFERS : [],
-      requiredFeatures: [...(this.half ? ['shader-f16'] : []), ...(this.matmul === 'subgroups' ? ['subgroups'] : [])],
-      ...(this.matmul === 'subgroups' ? { minSubgroupSize: SUBGROUP_LANES } : {}),
+      requiredFeatures: [...(this.half ? ['shader-f16'] : []), ...(this.matmul.kind === 'tiles' ? [] : ['subgroups'])],
+      ...this.matmulDescription(),
     };
+  }
+
+  /** What the runtime needs to know of this program's matrix kernels: which adapters can run them, and how to name them. */
+  private matmulDescription(): Pick<WebGpuProgram, 'matmul' | 'subgroupSizes' | 'kernelsNote'> {
+    switch (this.matmul.kind) {
+      case 'tiles': return { matmul: 'tiles' };
+      // One workgroup is one subgroup of 8 (or part of a bigger one): any subgroup size from 8 up.
+      case 'split': return { matmul: 'subgroups', subgroupSizes: { min: SUBGROUP_LANES, max: 1024 }, kernelsNote: 'subgroup kernels' };
+      case 'shared': {
+        const n = this.matmul.shareRows;
+        return { matmul: 'subgroups', subgroupSizes: { min: n, max: n }, kernelsNote: `subgroup kernels (MLP rows shared by ${n})` };
+      }
+    }
   }
 
   addStep(step: PlanStep): void {
@@ -296,13 +321,15 @@ class ProgramBuilder {
     label: string, template: string, data: Record<string, unknown>, workgroupSize: number, workgroupStorageBytes: number, storageBuffers: number,
     weights?: WeightWindow,
     enable: string[] = [],
+    diagnosticsOff: string[] = [],
   ): number {
     if (workgroupSize > MAX_WORKGROUP || workgroupStorageBytes > MAX_WORKGROUP_STORAGE) {
       throw new Error(`internal: kernel ${label} exceeds WebGPU's default limits`);
     }
     const types = { half: this.half, weightType: this.precision, halfType: this.precision, ...matrixAccess(this.precision, weights) };
     const rendered = renderTemplate(`wgsl/${template}.wgsl.hbs`, { ...TEMPLATE_CONSTANTS, ...data, ...types, label, common: this.common, workgroupSize, quad: QUAD });
-    const code = [...(this.half ? ['f16'] : []), ...enable].map((extension) => `enable ${extension};\n`).join('') + rendered;
+    const code = [...(this.half ? ['f16'] : []), ...enable].map((extension) => `enable ${extension};\n`).join('') +
+      diagnosticsOff.map((rule) => `diagnostic(off, ${rule});\n`).join('') + rendered;
     const existing = this.shaderIndex.get(code);
     if (existing !== undefined) return existing;
     this.shaders.push({ label, code, workgroupSize, workgroupStorageBytes, storageBuffers });
@@ -397,7 +424,7 @@ class ProgramBuilder {
     };
     if (block.src === block.dst) throw new Error(`internal: block ${block.name} reads and writes the same buffer`);
     this.blockDwconv(block);
-    if (this.matmul === 'subgroups') this.subgroupBlockMlp(block);
+    if (this.matmul.kind === 'split') this.subgroupBlockMlp(block);
     else if (step.grn) this.grnBlockMlp(block);
     else this.blockMlp(block);
   }
@@ -498,10 +525,17 @@ class ProgramBuilder {
       PW1_WEIGHT: fields.pw1Weight, PW1_BIAS: fields.pw1Bias, PW2_WEIGHT: fields.pw2Weight, PW2_BIAS: fields.pw2Bias,
       ...(pw1.bits ? { PW1_SCALES: fields.pw1WeightScales, PW2_SCALES: fields.pw2WeightScales } : {}),
     });
-    const label = `blocks: MLP (${step.activation}, ${mlp.blocksPerInvocation} output blocks per invocation)`;
+    // Row sharing needs every invocation of a subgroup on the same rows in both phases: their
+    // phase A column and phase B output column runs must be whole subgroups. Where a stage's
+    // shapes do not line up, its kernel loads its own rows (correct on any adapter).
+    const shareRows = this.matmul.kind === 'shared' ? this.matmul.shareRows : 0;
+    const sharing = shareRows && channels4 % shareRows === 0 && mlp.chunk4 % shareRows === 0 && mlp.workgroupSize % shareRows === 0 ? shareRows : 0;
+    const label = `blocks: MLP (${step.activation}, ${mlp.blocksPerInvocation} output blocks per invocation${sharing ? `, rows shared by ${sharing} lanes` : ''})`;
     const shader = this.shader(label, 'block-mlp', {
       activationCode, ...sizes.template, blockRows: mlp.blockRows, rows: mlp.rows, blocks: mlp.blocks, tileVec4s: mlp.tileVec4s,
-    }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5, pw1);
+      shareRows: sharing, sharedLoads: Array.from({ length: sharing ? mlp.blockRows / sharing : 0 }, (_, m) => m),
+      broadcastRows: mlp.rows.map((row) => ({ row, load: Math.floor(row / (sharing || 1)), lane: row % (sharing || 1) })),
+    }, mlp.workgroupSize, mlp.tileVec4s * (this.half ? 8 : 16), 5, pw1, sharing ? ['subgroups'] : [], sharing ? ['subgroup_uniformity'] : []);
     // pwconv1 and pwconv2 are bound as two windows (ConvNeXt-XLarge's pair is just over 128 MiB).
     this.kernel({
       ...common, label: `${name}: MLP`, shader, weightBase: pw1.weightBase, weightBase2: pw2.weightBase, sizes: sizes.values,

@@ -113,12 +113,14 @@ export interface WebGpuProgram {
   requiredFeatures: string[];
   /** How the blocks' pointwise convolutions run (compiler/webgpu.ts, MatmulStyle); absent: 'tiles'. */
   matmul?: 'tiles' | 'subgroups';
-  /** The subgroup kernels assume that invocations 0..N-1 of a workgroup share one subgroup: the adapter's subgroupMinSize must reach N. */
-  minSubgroupSize?: number;
+  /** Subgroup kernels: the adapter's subgroupMinSize and subgroupMaxSize must both lie in [min, max]. */
+  subgroupSizes?: { min: number; max: number };
+  /** How model.backend names these kernels (subgroup variants). */
+  kernelsNote?: string;
   /** A build with --precision f16 carries its f16 program here; load() runs it where the adapter has shader-f16. */
   f16?: WebGpuProgram;
-  /** Float-weight builds carry the subgroup variant of the f32 program here; load() runs it on CPU adapters that can (see `matmul`). */
-  subgroups?: WebGpuProgram;
+  /** Variants of this program with subgroup kernels, best first; load() runs the first the adapter can on CPU adapters (see `matmul`). */
+  subgroups?: WebGpuProgram[];
 }
 
 // ---- errors ---------------------------------------------------------------------------------------
@@ -185,10 +187,10 @@ export interface WebGpuBackendOptions {
    */
   precision?: 'f32' | 'f16';
   /**
-   * How the f32 kernels compute the blocks' pointwise convolutions. 'auto' (default): 'subgroups'
-   * on CPU adapters (isFallbackAdapter, e.g. lavapipe) whose subgroups hold 8 or more invocations,
-   * where they run several times faster, else 'tiles'. 'subgroups' fails where the adapter cannot
-   * run them; 'tiles' always works.
+   * How the kernels compute the blocks' pointwise convolutions. 'auto' (default): subgroup kernels
+   * on CPU adapters (isFallbackAdapter: lavapipe, SwiftShader), where they run 1.3-3x faster, the
+   * first variant the adapter's subgroup size allows; else 'tiles'. 'subgroups' fails where no
+   * variant can run; 'tiles' always works.
    */
   matmul?: 'auto' | 'tiles' | 'subgroups';
 }
@@ -246,9 +248,15 @@ interface AdapterTraits { features: ReadonlySet<string>; info?: GPUAdapterInfo; 
 function unrunnable(program: WebGpuProgram, adapter: AdapterTraits): string | undefined {
   const missing = program.requiredFeatures.filter((f) => !adapter.features.has(f));
   if (missing.length > 0) return `this ${adapter.what} lacks the feature(s) ${missing.join(', ')}`;
-  const subgroupMinSize = (adapter.info as { subgroupMinSize?: number } | undefined)?.subgroupMinSize ?? 0;
-  if (program.minSubgroupSize !== undefined && subgroupMinSize < program.minSubgroupSize) {
-    return `this ${adapter.what}'s subgroups may hold ${subgroupMinSize || 'an unknown number of'} invocations, the subgroup kernels need ${program.minSubgroupSize}`;
+  const sizes = program.subgroupSizes;
+  if (sizes) {
+    const info = adapter.info as { subgroupMinSize?: number; subgroupMaxSize?: number } | undefined;
+    const [min, max] = [info?.subgroupMinSize ?? 0, info?.subgroupMaxSize ?? 0];
+    if (min < sizes.min || max > sizes.max || min > max) {
+      const have = min === 0 ? 'an unknown number of' : min === max ? `${min}` : `${min} to ${max}`;
+      const need = sizes.min === sizes.max ? `exactly ${sizes.min}` : `${sizes.min} or more`;
+      return `this ${adapter.what}'s subgroups hold ${have} invocations, these subgroup kernels need ${need}`;
+    }
   }
   return undefined;
 }
@@ -276,16 +284,20 @@ function chooseProgram(built: WebGpuProgram, options: WebGpuBackendOptions, adap
   }
   const why = unrunnable(base, adapter);
   if (why) throw new WebGpuError('missing-feature', `cxc: ${why} the kernels need; ${USE_WASM}`);
-  // Then the matrix kernels of that precision.
-  const subgroups = { program: base.subgroups!, precision: `${precision}, subgroup kernels` };
+  // Then the matrix kernels of that precision: the first subgroup variant the adapter can run.
+  const variants = base.subgroups ?? [];
+  const runnable = variants.find((variant) => !unrunnable(variant, adapter));
+  const subgroups = runnable && { program: runnable, precision: `${precision}, ${runnable.kernelsNote ?? 'subgroup kernels'}` };
   if (matmul === 'subgroups') {
-    if (!base.subgroups) throw new WebGpuError('missing-feature', "cxc: this package has no subgroup kernels (quantized packages have none); load it with { matmul: 'tiles' }");
-    const whyNot = unrunnable(base.subgroups, adapter);
-    if (whyNot) throw new WebGpuError('missing-feature', `cxc: ${whyNot}: load with { matmul: 'tiles' } (runs everywhere), or ${USE_WASM}`);
+    if (variants.length === 0) throw new WebGpuError('missing-feature', "cxc: this package has no subgroup kernels; load it with { matmul: 'tiles' }");
+    if (!subgroups) {
+      const reasons = [...new Set(variants.map((variant) => unrunnable(variant, adapter)))].join('; ');
+      throw new WebGpuError('missing-feature', `cxc: no subgroup kernels of this package run here (${reasons}): load with { matmul: 'tiles' } (runs everywhere), or ${USE_WASM}`);
+    }
     return subgroups;
   }
   const cpuAdapter = (adapter.info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter === true;
-  if (matmul === 'auto' && cpuAdapter && base.subgroups && !unrunnable(base.subgroups, adapter)) return subgroups;
+  if (matmul === 'auto' && cpuAdapter && subgroups) return subgroups;
   return { program: base, precision };
 }
 

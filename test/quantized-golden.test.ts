@@ -13,7 +13,13 @@ beforeAll(async () => {
 });
 
 for (const target of ['wasm', 'webgpu'] as const) {
-  for (const dtype of ['q8', 'q4'] as const) describeQuantizedGoldens({ target, dtype, gpu: () => gpu, label: target === 'webgpu' ? 'webgpu (SwiftShader)' : target });
+  // WebGPU: load() picks the row-sharing MLP on SwiftShader (subgroups of 4).
+  for (const dtype of ['q8', 'q4'] as const) {
+    describeQuantizedGoldens({
+      target, dtype, gpu: () => gpu, label: target === 'webgpu' ? 'webgpu (SwiftShader)' : target,
+      ...(target === 'webgpu' ? { backend: /, f32, subgroup kernels \(MLP rows shared by 4\)$/ } : {}),
+    });
+  }
 }
 
 test('the bars are ordered: f32 < f16 < q8 < q4', () => {

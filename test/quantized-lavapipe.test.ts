@@ -13,4 +13,8 @@ beforeAll(async () => {
 });
 
 const cases = QUANTIZED_CASES.filter((c) => c.name !== 'small-bf16');
-for (const dtype of ['q8', 'q4'] as const) describeQuantizedGoldens({ target: 'webgpu', dtype, gpu: () => gpu, label: 'webgpu (lavapipe)', cases });
+// load() picks the row-sharing MLP here (subgroups of 8); q8 runs the tiled kernels too.
+for (const dtype of ['q8', 'q4'] as const) {
+  describeQuantizedGoldens({ target: 'webgpu', dtype, gpu: () => gpu, label: 'webgpu (lavapipe)', cases, backend: /, f32, subgroup kernels \(MLP rows shared by 8\)$/ });
+}
+describeQuantizedGoldens({ target: 'webgpu', dtype: 'q8', gpu: () => gpu, label: 'webgpu (lavapipe, tiles)', cases, matmul: 'tiles', backend: /, f32$/ });

@@ -46,7 +46,7 @@ describe('WebGPU f16 kernels on lavapipe (shader-f16)', () => {
     test(`${name}, ${matmul === 'auto' ? 'subgroup' : 'tiled'} kernels: logits within ${F16_GOAL} x max|golden|, top-5 identical`, { timeout: 900_000 }, async () => {
       const built = buildGoldenProgram(name, { precision: 'f16' });
       expect(built.program.f16?.requiredFeatures).toEqual(['shader-f16']);
-      expect(built.program.f16?.subgroups?.requiredFeatures).toEqual(['shader-f16', 'subgroups']);
+      expect(built.program.f16?.subgroups?.map((v) => v.requiredFeatures)).toEqual([['shader-f16', 'subgroups']]);
       const backend = await createWebGpuBackend(built.manifest, built.program, built.weights, { gpu, matmul });
       try {
         expect(backend.description).toMatch(matmul === 'auto' ? /f16 \(statistics and accumulation in f32\), subgroup kernels$/ : /f16 \(statistics and accumulation in f32\)$/);

@@ -20,7 +20,9 @@ beforeAll(async () => {
   ({ gpu, adapter } = await gpuOn('swiftshader'));
 });
 
+// load() picks the subgroup row-sharing MLP here (subgroups of 4); the tiled kernels every other adapter runs are proven too.
 describeGoldenCases('swiftshader', () => gpu);
+describeGoldenCases('swiftshader', () => gpu, 'tiles');
 
 describe('WebGPU backend behaviour', () => {
   let micro: Built;
@@ -125,24 +127,32 @@ describe('WebGPU backend errors', () => {
     expect(f32Only.message).toMatch(/build it with `cxc build --precision f16`/);
   });
 
-  test('the subgroup matrix kernels: refused with the reason where the adapter cannot run them, never picked by default', async () => {
-    expect(micro.program.subgroups?.requiredFeatures).toEqual(['subgroups']);
-    expect(micro.program.subgroups?.minSubgroupSize).toBe(8);
-    expect(micro.program.subgroups?.matmul).toBe('subgroups');
-    // SwiftShader's subgroups hold 4 invocations: the kernels' 8-lane broadcasts would mix two subgroups.
-    expect(adapter.info.subgroupMaxSize).toBeLessThan(8);
-    const chosen = await createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu });
-    try {
-      expect(chosen.description).toMatch(/, f32$/);
-    } finally {
-      chosen.dispose();
+  test('subgroup kernels: SwiftShader runs the row-sharing variant by default, tiles when asked, and a variant it cannot run is refused with the reason', async () => {
+    const [split, shared] = micro.program.subgroups!;
+    expect([split.kernelsNote, split.subgroupSizes, split.requiredFeatures]).toEqual(['subgroup kernels', { min: 8, max: 1024 }, ['subgroups']]);
+    expect([shared.kernelsNote, shared.subgroupSizes]).toEqual(['subgroup kernels (MLP rows shared by 4)', { min: 4, max: 4 }]);
+    expect([adapter.info.subgroupMinSize, adapter.info.subgroupMaxSize, adapter.info.isFallbackAdapter]).toEqual([4, 4, true]);
+    for (const [matmul, pattern] of [[undefined, /, f32, subgroup kernels \(MLP rows shared by 4\)$/], ['subgroups', /, f32, subgroup kernels \(MLP rows shared by 4\)$/], ['tiles', /, f32$/]] as const) {
+      const chosen = await createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul });
+      try {
+        expect(chosen.description, String(matmul)).toMatch(pattern);
+      } finally {
+        chosen.dispose();
+      }
     }
-    const error = await rejection(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'subgroups' }));
+    // Only the split kernels (subgroups of 8 or more): SwiftShader's 4 are too few.
+    const splitOnly = { ...micro.program, subgroups: [split] };
+    const error = await rejection(createWebGpuBackend(micro.manifest, splitOnly, micro.weights, { gpu, matmul: 'subgroups' }));
     expect(error.code).toBe('missing-feature');
-    expect(error.message).toMatch(/subgroups may hold 4 invocations, the subgroup kernels need 8/);
+    expect(error.message).toMatch(/subgroups hold 4 invocations, these subgroup kernels need 8 or more/);
     expect(error.message).toContain("{ matmul: 'tiles' }");
-    const { subgroups: _none, ...withoutSubgroups } = micro.program;
-    const missing = await rejection(createWebGpuBackend(micro.manifest, withoutSubgroups, micro.weights, { gpu, matmul: 'subgroups' }));
+    const auto = await createWebGpuBackend(micro.manifest, splitOnly, micro.weights, { gpu });
+    try {
+      expect(auto.description).toMatch(/, f32$/);
+    } finally {
+      auto.dispose();
+    }
+    const missing = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, subgroups: [] }, micro.weights, { gpu, matmul: 'subgroups' }));
     expect(missing.message).toMatch(/this package has no subgroup kernels/);
     await expect(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'fast' as never })).rejects.toThrow(/matmul must be 'auto', 'tiles' or 'subgroups', got "fast"/);
   });
@@ -220,3 +230,4 @@ describe('WebGPU backend errors', () => {
 });
 
 describeSyntheticCases('swiftshader', () => gpu);
+describeSyntheticCases('swiftshader', () => gpu, 'tiles');

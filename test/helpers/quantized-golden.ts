@@ -24,8 +24,12 @@ export const QUANTIZED_CASES = [
 
 /** One dtype on one target (WebGPU: on the GPU entry point `gpu` gives) over `cases`, and the cat photo through ConvNeXt-T. */
 export function describeQuantizedGoldens(
-  { target, dtype, gpu, label = target, cases = QUANTIZED_CASES }:
-  { target: 'wasm' | 'webgpu'; dtype: Extract<WeightsFileDtype, 'q8' | 'q4'>; gpu?: () => GPU; label?: string; cases?: typeof QUANTIZED_CASES },
+  { target, dtype, gpu, label = target, cases = QUANTIZED_CASES, matmul, backend }:
+  {
+    target: 'wasm' | 'webgpu'; dtype: Extract<WeightsFileDtype, 'q8' | 'q4'>; gpu?: () => GPU; label?: string; cases?: typeof QUANTIZED_CASES;
+    /** WebGPU: which matrix kernels to ask load() for, and what model.backend must then say. */
+    matmul?: 'auto' | 'tiles' | 'subgroups'; backend?: RegExp;
+  },
 ): void {
   describe(`${dtype} on ${label}`, () => {
     const built: BuiltModule[] = [];
@@ -37,7 +41,9 @@ export function describeQuantizedGoldens(
       const module = await buildToTemp({ input: goldenPath('models', dir), target, weightsDtype: dtype });
       built.push(module);
       expect(module.compiled.manifest.weights.dtype).toBe(dtype);
-      return { module, model: await module.load(target === 'webgpu' ? { gpu: gpu!() } : {}) };
+      const model = await module.load(target === 'webgpu' ? { gpu: gpu!(), matmul } : {});
+      if (backend) expect(model.backend).toMatch(backend);
+      return { module, model };
     };
 
     test.each(cases)(`$name: every output within ${dtype}'s bar`, { timeout: 600_000 }, async ({ dir, golden: goldenCase }) => {

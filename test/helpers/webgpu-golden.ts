@@ -116,10 +116,11 @@ export async function gpuOn(driver: VulkanDriver): Promise<{ gpu: GPU; adapter: 
 /** Which matrix kernels a suite asks load() for, and the backend description that proves it got them. */
 export type Matmul = NonNullable<WebGpuBackendOptions['matmul']>;
 function expectMatmul(description: string, matmul: Matmul, driver: VulkanDriver): void {
-  // 'auto' picks the subgroup kernels on lavapipe (a CPU adapter with subgroups of 8); on SwiftShader
-  // (subgroups of 4) it runs the tiled kernels, as an explicit 'tiles' does everywhere.
-  if (matmul === 'subgroups' || (matmul === 'auto' && driver === 'lavapipe')) expect(description).toMatch(/, f32, subgroup kernels/);
-  else if (matmul === 'tiles' || driver === 'swiftshader') expect(description).not.toMatch(/subgroup kernels/);
+  // On these CPU adapters 'auto' picks the subgroup kernels: lavapipe (subgroups of 8) the split
+  // matrix kernels, SwiftShader (subgroups of 4) the row-sharing MLP; 'tiles' the tiled kernels.
+  if (matmul === 'tiles') expect(description).not.toMatch(/subgroup/);
+  else if (driver === 'lavapipe') expect(description).toMatch(/, f32, subgroup kernels$/);
+  else expect(description).toMatch(/, f32, subgroup kernels \(MLP rows shared by 4\)$/);
 }
 
 /** Every golden case on one driver, every output within the float32 bar. */
@@ -147,7 +148,7 @@ export function describeGoldenCases(driver: VulkanDriver, gpu: () => GPU, matmul
           const report = checkOutputs(outputs, golden, testCase.goldenName, images);
           console.log(
             `[webgpu ${driver}] ${testCase.name}: batch ${images} at ${height}x${width}, load ${loadMs.toFixed(0)} ms ` +
-              `(${(/subgroup kernels/.test(backend.description) ? built.program.subgroups! : built.program).shaders.length} pipelines), run ${runMs.toFixed(0)} ms on ${backend.description}\n  ${report.join('\n  ')}`,
+              `(${(/subgroup kernels$/.test(backend.description) ? built.program.subgroups![0] : built.program).shaders.length} pipelines), run ${runMs.toFixed(0)} ms on ${backend.description}\n  ${report.join('\n  ')}`,
           );
         } finally {
           backend.dispose();
