@@ -113,7 +113,7 @@ describe('WebGPU backend errors', () => {
     expect(f16.program.f16).toBeDefined();
     const backend = await createWebGpuBackend(f16.manifest, f16.program, f16.weights, { gpu });
     try {
-      expect(backend.description).toMatch(/, f32 \(no shader-f16 on this GPU adapter\)$/);
+      expect(backend.description).toMatch(/, f32 \(no shader-f16 on this GPU adapter\), subgroup kernels \(MLP rows shared by 4\)$/);
     } finally {
       backend.dispose();
     }
@@ -159,7 +159,7 @@ describe('WebGPU backend errors', () => {
 
   test('a shader that does not compile reports the compiler\'s messages', async () => {
     const shaders = micro.program.shaders.map((s, i) => (i === 1 ? { ...s, code: s.code.replace('fn main(', 'fn main(oops ') } : s));
-    const error = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, shaders }, micro.weights, { gpu }));
+    const error = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, shaders }, micro.weights, { gpu, matmul: 'tiles' }));
     expect(error.code).toBe('shader-compile');
     expect(error.message).toContain(micro.program.shaders[1].label);
     expect(error.message).toMatch(/error at line \d+/);
