@@ -4,7 +4,9 @@
 // execution provider, on the same adapter, same weights (../shared/bench's ONNX export),
 // logits checked against the golden file before timing. On a machine without a GPU the
 // adapter is a CPU Vulkan driver, SwiftShader or Mesa's lavapipe (one set of rows each): slow, but
-// the same for every engine of a row. cxc-f16 (f16 kernels) runs where the adapter has shader-f16.
+// the same for every engine of a row. cxc is what load() picks (on these CPU adapters: subgroup
+// kernels), cxc-tiles the tiled kernels every adapter can run; cxc-f16 (f16 kernels) runs where the
+// adapter has shader-f16. MESA_SHADER_CACHE_DISABLE=true gives lavapipe cold-compile numbers.
 //   node bench/webgpu.mjs [--runs 3] [--batches 1,2] [--drivers swiftshader,lavapipe]
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,7 @@ const { values } = parseArgs({
     drivers: { type: 'string', default: 'swiftshader,lavapipe' },
     // Per driver: onnxruntime-web's WebGPU backend is only run on SwiftShader (it has crashed under Dawn in Node);
     // lavapipe has shader-f16, SwiftShader does not.
-    'swiftshader-engines': { type: 'string', default: 'cxc,ort-web,ort-node' },
+    'swiftshader-engines': { type: 'string', default: 'cxc,cxc-tiles,ort-web,ort-node' },
     'lavapipe-engines': { type: 'string', default: 'cxc,cxc-tiles,cxc-f16,ort-node' },
   },
 });

@@ -71,7 +71,7 @@ const MLP_BLOCK_ROWS = 8;
 export const SUBGROUP_LANES = 8;
 const SUBGROUP_TILE_COLUMNS = 64;
 const SUBGROUP_SHAPE = { f32: { pixelsPerLane: 4, columnsPerLane: 1 }, f16: { pixelsPerLane: 2, columnsPerLane: 2 } } as const;
-/** One subgroup per workgroup: 8 invocations ran 1.2x faster than 32 and 1.5x faster than 64 (ConvNeXt-T on lavapipe). */
+/** One subgroup per workgroup: 8 invocations ran 1.1x faster than 32 and 1.5x faster than 64 (ConvNeXt-T on lavapipe). */
 const SUBGROUP_WORKGROUP = SUBGROUP_LANES;
 
 const QUAD = [0, 1, 2, 3];

@@ -30,6 +30,7 @@ beforeAll(async () => {
 describeGoldenCases('lavapipe', () => gpu);
 describeGoldenCases('lavapipe', () => gpu, 'tiles');
 describeSyntheticCases('lavapipe', () => gpu, 'subgroups');
+describeSyntheticCases('lavapipe', () => gpu, 'tiles');
 
 /** The goal for f16 logits, as a fraction of max |golden logit|. */
 const F16_GOAL = 3e-3;

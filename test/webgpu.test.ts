@@ -157,6 +157,19 @@ describe('WebGPU backend errors', () => {
     await expect(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'fast' as never })).rejects.toThrow(/matmul must be 'auto', 'tiles' or 'subgroups', got "fast"/);
   });
 
+  test('row sharing is rendered where a stage\'s shapes line up with the subgroup, and left out where they do not', () => {
+    const mlpLabels = (config: Record<string, unknown>) => {
+      const shared = buildSynthetic(config, 1).program.subgroups!.find((v) => v.subgroupSizes?.max === 4)!;
+      return shared.shaders.map((s) => s.label).filter((label) => label.startsWith('blocks: MLP'));
+    };
+    const v1 = { architectures: ['ConvNextModel'], model_type: 'convnext', num_stages: 2, depths: [1, 1], hidden_act: 'gelu' };
+    // 48 and 80 channels: 12 and 20 vec4s, hidden chunks of 16 vec4s: both stages share.
+    expect(mlpLabels({ ...v1, hidden_sizes: [48, 80] })).toEqual(expect.arrayContaining([expect.stringMatching(/rows shared by 4 lanes\)$/)]));
+    expect(mlpLabels({ ...v1, hidden_sizes: [48, 80] }).every((label) => /rows shared by 4 lanes/.test(label))).toBe(true);
+    // 6 and 10 channels: 2 and 3 vec4s per pixel, so no subgroup of 4 lines up: each invocation loads its own rows.
+    expect(mlpLabels({ ...v1, hidden_sizes: [6, 10] }).some((label) => /shared/.test(label))).toBe(false);
+  });
+
   test('a shader that does not compile reports the compiler\'s messages', async () => {
     const shaders = micro.program.shaders.map((s, i) => (i === 1 ? { ...s, code: s.code.replace('fn main(', 'fn main(oops ') } : s));
     const error = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, shaders }, micro.weights, { gpu, matmul: 'tiles' }));

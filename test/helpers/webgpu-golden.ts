@@ -190,6 +190,13 @@ const SYNTHETIC: Array<{ name: string; config: Record<string, unknown>; batch: n
     batch: 2, height: 9, width: 16,
   },
   {
+    // 48 and 80 channels: multiples of 4 vec4s, so the row-sharing MLP (SwiftShader, quantized on lavapipe)
+    // shares its rows in both stages, with a guarded partial round of output blocks.
+    name: 'V1, 48/80 channels (MLP rows shared across subgroups, guarded output blocks), gelu, 15x21',
+    config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_stages: 2, hidden_sizes: [48, 80], depths: [1, 1], hidden_act: 'gelu', num_labels: 4 },
+    batch: 2, height: 15, width: 21,
+  },
+  {
     // 132 channels: the fused MLP gives each invocation 2 output blocks, the second round partial.
     name: 'V1, 132/20 channels (several MLP output blocks per invocation), gelu, 33x40',
     config: { architectures: ['ConvNextForImageClassification'], model_type: 'convnext', num_stages: 2, hidden_sizes: [132, 20], depths: [1, 1], hidden_act: 'gelu', num_labels: 5 },
