@@ -259,14 +259,14 @@ class ProgramBuilder {
   }
 
   /** What the runtime needs to know of this program's matrix kernels: which adapters can run them, and how to name them. */
-  private matmulDescription(): Pick<WebGpuProgram, 'matmul' | 'subgroupSizes' | 'kernelsNote'> {
+  private matmulDescription(): Pick<WebGpuProgram, 'matmul' | 'subgroupSizes' | 'consecutiveSubgroups' | 'kernelsNote'> {
     switch (this.matmul.kind) {
       case 'tiles': return { matmul: 'tiles' };
       // One workgroup is one subgroup of 8 (or part of a bigger one): any subgroup size from 8 up.
       case 'split': return { matmul: 'subgroups', subgroupSizes: { min: SUBGROUP_LANES, max: 1024 }, kernelsNote: 'subgroup kernels' };
       case 'shared': {
         const n = this.matmul.shareRows;
-        return { matmul: 'subgroups', subgroupSizes: { min: n, max: n }, kernelsNote: `subgroup kernels (MLP rows shared by ${n})` };
+        return { matmul: 'subgroups', subgroupSizes: { min: n, max: n }, consecutiveSubgroups: n, kernelsNote: `subgroup kernels (MLP rows shared by ${n})` };
       }
     }
   }

@@ -115,6 +115,12 @@ export interface WebGpuProgram {
   matmul?: 'tiles' | 'subgroups';
   /** Subgroup kernels: the adapter's subgroupMinSize and subgroupMaxSize must both lie in [min, max]. */
   subgroupSizes?: { min: number; max: number };
+  /**
+   * The kernels assume that each run of this many consecutive local invocation indices is one
+   * subgroup (true on the CPU drivers, not promised by WebGPU): load() checks it with a probe
+   * dispatch before it runs them.
+   */
+  consecutiveSubgroups?: number;
   /** How model.backend names these kernels (subgroup variants). */
   kernelsNote?: string;
   /** A build with --precision f16 carries its f16 program here; load() runs it where the adapter has shader-f16. */
@@ -227,12 +233,13 @@ export async function createWebGpuBackend(
   if (weights.length < program.weightFloats) {
     throw new Error(`cxc: the weights hold ${weights.length} floats, ${manifest.name} needs ${program.weightFloats}`);
   }
-  const acquired = await acquireDevice(program, options);
-  anchorUntilLost(acquired.device, acquired.anchor);
+  const acquiredDevice = await acquireDevice(program, options);
+  anchorUntilLost(acquiredDevice.device, acquiredDevice.anchor);
   try {
+    const acquired = await checkSubgroupLayout(acquiredDevice);
     return await WebGpuBackendImpl.create(manifest, acquired.program, weights, acquired);
   } catch (error) {
-    if (acquired.ownsDevice) acquired.device.destroy();
+    if (acquiredDevice.ownsDevice) acquiredDevice.device.destroy();
     throw error;
   }
 }
@@ -261,8 +268,14 @@ function unrunnable(program: WebGpuProgram, adapter: AdapterTraits): string | un
   return undefined;
 }
 
-/** The program a load runs, as the options and the adapter allow, and how to describe the choice. */
-function chooseProgram(built: WebGpuProgram, options: WebGpuBackendOptions, adapter: AdapterTraits): { program: WebGpuProgram; precision: string } {
+/** A program to run and how model.backend describes it. */
+interface ProgramChoice { program: WebGpuProgram; precision: string }
+
+/**
+ * The program a load runs, as the options and the adapter allow, and how to describe the choice;
+ * with `fallback`, what to run instead should the subgroup layout check fail (see consecutiveSubgroups).
+ */
+function chooseProgram(built: WebGpuProgram, options: WebGpuBackendOptions, adapter: AdapterTraits): ProgramChoice & { fallback?: ProgramChoice } {
   if (options.precision !== undefined && options.precision !== 'f32' && options.precision !== 'f16') {
     throw new TypeError(`cxc: precision must be 'f32' or 'f16', got ${JSON.stringify(options.precision)}`);
   }
@@ -297,7 +310,7 @@ function chooseProgram(built: WebGpuProgram, options: WebGpuBackendOptions, adap
     return subgroups;
   }
   const cpuAdapter = (adapter.info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter === true;
-  if (matmul === 'auto' && cpuAdapter && subgroups) return subgroups;
+  if (matmul === 'auto' && cpuAdapter && subgroups) return { ...subgroups, fallback: { program: base, precision } };
   return { program: base, precision };
 }
 
@@ -357,15 +370,21 @@ interface AcquiredDevice {
   ownsDevice: boolean;
   description: string;
   anchor: DeviceAnchor;
+  /** What to run instead should the program's subgroup layout check fail, and its description. */
+  fallback?: { program: WebGpuProgram; description: string };
 }
 
 async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions): Promise<AcquiredDevice> {
   if (options.device) {
     const device = options.device;
     const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
-    const { program, precision } = chooseProgram(built, options, { features: device.features as ReadonlySet<string>, info, what: 'given GPUDevice' });
+    const { program, precision, fallback } = chooseProgram(built, options, { features: device.features as ReadonlySet<string>, info, what: 'given GPUDevice' });
     checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
-    return { program, device, ownsDevice: false, description: `${describeAdapter(info)}, ${precision}, caller's device`, anchor: { gpu: options.gpu } };
+    const describe = (note: string) => `${describeAdapter(info)}, ${note}, caller's device`;
+    return {
+      program, device, ownsDevice: false, description: describe(precision), anchor: { gpu: options.gpu },
+      ...(fallback ? { fallback: { program: fallback.program, description: describe(fallback.precision) } } : {}),
+    };
   }
 
   const gpu = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
@@ -389,7 +408,7 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
         `disabled in this browser; ${USE_WASM}`,
     );
   }
-  const { program, precision } = chooseProgram(built, options, { features: adapter.features as ReadonlySet<string>, info: adapter.info, what: 'GPU adapter' });
+  const { program, precision, fallback } = chooseProgram(built, options, { features: adapter.features as ReadonlySet<string>, info: adapter.info, what: 'GPU adapter' });
   const needs = programNeeds(program);
   const features = program.requiredFeatures as GPUFeatureName[];
   checkLimits(adapter.limits, needs, 'GPU adapter');
@@ -409,7 +428,62 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
   } catch (error) {
     throw new WebGpuError('no-adapter', `cxc: the WebGPU adapter refused to create a device (${(error as Error)?.message ?? error}); ${USE_WASM}`, { cause: error });
   }
-  return { program, device, ownsDevice: true, description: `${describeAdapter(adapter.info)}, ${precision}`, anchor: { gpu, adapter } };
+  const describe = (note: string) => `${describeAdapter(adapter.info)}, ${note}`;
+  return {
+    program, device, ownsDevice: true, description: describe(precision), anchor: { gpu, adapter },
+    ...(fallback ? { fallback: { program: fallback.program, description: describe(fallback.precision) } } : {}),
+  };
+}
+
+/**
+ * Whether each run of `size` consecutive local invocation indices of a workgroup is one subgroup of
+ * `size` invocations on this device: one dispatch of a 64-invocation probe, read back.
+ */
+export async function probeConsecutiveSubgroups(device: GPUDevice, size: number): Promise<boolean> {
+  const invocations = 64;
+  const code = `enable subgroups;
+@group(0) @binding(0) var<storage, read_write> result: array<u32, ${invocations}>;
+@compute @workgroup_size(${invocations})
+fn main(@builtin(local_invocation_index) index: u32, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) subgroupSize: u32) {
+  result[index] = select(0u, 1u, subgroupSize == ${size}u && lane == index % ${size}u);
+}`;
+  device.pushErrorScope('validation');
+  const pipeline = device.createComputePipeline({ label: 'cxc subgroup layout probe', layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  // A device that cannot even build the probe does not run the kernels either.
+  if (await device.popErrorScope()) return false;
+  const result = device.createBuffer({ size: invocations * 4, usage: BUFFER_STORAGE | BUFFER_COPY_SRC });
+  const readback = device.createBuffer({ size: invocations * 4, usage: BUFFER_COPY_DST | BUFFER_MAP_READ });
+  try {
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: result } }] }));
+    pass.dispatchWorkgroups(1);
+    pass.end();
+    encoder.copyBufferToBuffer(result, 0, readback, 0, invocations * 4);
+    device.queue.submit([encoder.finish()]);
+    await readback.mapAsync(MAP_MODE_READ);
+    const ok = new Uint32Array(readback.getMappedRange()).every((v) => v === 1);
+    readback.unmap();
+    return ok;
+  } finally {
+    result.destroy();
+    readback.destroy();
+  }
+}
+
+/**
+ * The acquired program, or its fallback where the device does not lay subgroups out as the
+ * program's kernels assume (a forced choice without a fallback fails, naming why).
+ */
+async function checkSubgroupLayout(acquired: AcquiredDevice): Promise<AcquiredDevice> {
+  const size = acquired.program.consecutiveSubgroups;
+  if (size === undefined || (await probeConsecutiveSubgroups(acquired.device, size))) return acquired;
+  if (acquired.fallback) return { ...acquired, ...acquired.fallback, description: `${acquired.fallback.description} (subgroup layout check failed)` };
+  throw new WebGpuError(
+    'missing-feature',
+    `cxc: this device does not form subgroups of ${size} from consecutive invocations, as the row-sharing kernels assume: load with { matmul: 'tiles' }, or ${USE_WASM}`,
+  );
 }
 
 // ---- the backend ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { TensorEntry } from '../compiler/safetensors.js';
-import { createWebGpuBackend, WebGpuError } from '../runtime/webgpu.js';
+import { createWebGpuBackend, probeConsecutiveSubgroups, WebGpuError } from '../runtime/webgpu.js';
 import type { Backend } from '../runtime/types.js';
 import { compare, floats, readGolden } from './helpers/golden.js';
 import { referenceForward } from './helpers/reference.js';
@@ -155,6 +155,33 @@ describe('WebGPU backend errors', () => {
     const missing = await rejection(createWebGpuBackend(micro.manifest, { ...micro.program, subgroups: [] }, micro.weights, { gpu, matmul: 'subgroups' }));
     expect(missing.message).toMatch(/this package has no subgroup kernels/);
     await expect(createWebGpuBackend(micro.manifest, micro.program, micro.weights, { gpu, matmul: 'fast' as never })).rejects.toThrow(/matmul must be 'auto', 'tiles' or 'subgroups', got "fast"/);
+  });
+
+  test('the row-sharing kernels are checked against the device\'s subgroup layout: auto falls back to the tiled kernels, a forced choice fails', async () => {
+    const device = await adapter.requestDevice({ requiredFeatures: ['subgroups'] });
+    try {
+      expect(await probeConsecutiveSubgroups(device, 4)).toBe(true);
+      expect(await probeConsecutiveSubgroups(device, 8)).toBe(false);
+    } finally {
+      device.destroy();
+    }
+    // A variant that claims subgroups of 8 from consecutive invocations, where SwiftShader forms them of 4.
+    const [split, shared] = micro.program.subgroups!;
+    const wrongLayout = { ...micro.program, subgroups: [split, { ...shared, consecutiveSubgroups: 8 }] };
+    const auto = await createWebGpuBackend(micro.manifest, wrongLayout, micro.weights, { gpu });
+    try {
+      expect(auto.description).toMatch(/, f32 \(subgroup layout check failed\)$/);
+      const golden = readGolden('models', 'micro', 'golden.safetensors');
+      const [batch, , height, width] = golden.get('pixel_values')!.shape;
+      const outputs = await auto.run(floats(golden.get('pixel_values')), batch, height, width, false);
+      const { maxError, tolerance } = compare(outputs.get('logits')!.data, floats(golden.get('logits')));
+      expect(maxError).toBeLessThanOrEqual(tolerance);
+    } finally {
+      auto.dispose();
+    }
+    const forced = await rejection(createWebGpuBackend(micro.manifest, wrongLayout, micro.weights, { gpu, matmul: 'subgroups' }));
+    expect(forced.message).toMatch(/does not form subgroups of 8 from consecutive invocations/);
+    expect(forced.message).toContain("{ matmul: 'tiles' }");
   });
 
   test('row sharing is rendered where a stage\'s shapes line up with the subgroup, and left out where they do not', () => {
