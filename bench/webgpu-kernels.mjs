@@ -63,7 +63,12 @@ device.createCommandEncoder = (descriptor) => {
       return {
         setPipeline(p) { current.pipeline = p; pass.setPipeline(p); },
         setBindGroup(i, g) { current.bindGroup = g; pass.setBindGroup(i, g); },
-        dispatchWorkgroups(...grid) { recording?.push({ ...current, grid }); if (execute) pass.dispatchWorkgroups(...grid); },
+        // load()'s subgroup layout probe always runs: its answer decides the program.
+        dispatchWorkgroups(...grid) {
+          const probe = current.pipeline?.label === 'cxc subgroup layout probe';
+          if (!probe) recording?.push({ ...current, grid });
+          if (execute || probe) pass.dispatchWorkgroups(...grid);
+        },
         end() { pass.end(); },
       };
     },

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { TensorEntry } from '../compiler/safetensors.js';
-import { createWebGpuBackend, probeConsecutiveSubgroups, WebGpuError } from '../runtime/webgpu.js';
+import { createWebGpuBackend, probeConsecutiveSubgroups, WebGpuError, type WebGpuProgram } from '../runtime/webgpu.js';
 import type { Backend } from '../runtime/types.js';
 import { compare, floats, readGolden } from './helpers/golden.js';
 import { referenceForward } from './helpers/reference.js';
@@ -195,6 +195,12 @@ describe('WebGPU backend errors', () => {
     expect(mlpLabels({ ...v1, hidden_sizes: [48, 80] }).every((label) => /rows shared by 4 lanes/.test(label))).toBe(true);
     // 6 and 10 channels: 2 and 3 vec4s per pixel, so no subgroup of 4 lines up: each invocation loads its own rows.
     expect(mlpLabels({ ...v1, hidden_sizes: [6, 10] }).some((label) => /shared/.test(label))).toBe(false);
+    // The depthwise conv shares its taps across subgroups of 8 (the split variant), not of 4 (slower on SwiftShader).
+    const dwconvLabel = (variant: WebGpuProgram) => variant.shaders.map((s) => s.label).find((label) => label.startsWith('blocks: depthwise conv'));
+    const [split, shared] = micro.program.subgroups!;
+    expect(dwconvLabel(split)).toBe('blocks: depthwise conv + LayerNorm, taps shared by 8 lanes');
+    expect(dwconvLabel(shared)).toBe('blocks: depthwise conv + LayerNorm');
+    expect(dwconvLabel(micro.program)).toBe('blocks: depthwise conv + LayerNorm');
   });
 
   test('a shader that does not compile reports the compiler\'s messages', async () => {
