@@ -41,6 +41,7 @@ if (values.rebuild || !existsSync(`${moduleDir}/index.js`)) {
 }
 const { nodeGpu } = await import('../dist/compiler/node-gpu.js');
 const { WEIGHTS_DTYPE_BARS } = await import('../dist/compiler/compare.js');
+const { SUBGROUP_PROBE_LABEL } = await import('../dist/runtime/webgpu.js');
 let gpu = await nodeGpu({ driver: values.driver });
 if (values['dawn-features']) gpu = (await import('webgpu')).create([`enable-dawn-features=${values['dawn-features']}`]);
 const adapter = await gpu.requestAdapter();
@@ -65,7 +66,7 @@ device.createCommandEncoder = (descriptor) => {
         setBindGroup(i, g) { current.bindGroup = g; pass.setBindGroup(i, g); },
         // load()'s subgroup layout probe always runs: its answer decides the program.
         dispatchWorkgroups(...grid) {
-          const probe = current.pipeline?.label === 'cxc subgroup layout probe';
+          const probe = current.pipeline?.label === SUBGROUP_PROBE_LABEL;
           if (!probe) recording?.push({ ...current, grid });
           if (execute || probe) pass.dispatchWorkgroups(...grid);
         },

@@ -270,14 +270,14 @@ class ProgramBuilder {
   }
 
   /** What the runtime needs to know of this program's matrix kernels: which adapters can run them, and how to name them. */
-  private matmulDescription(): Pick<WebGpuProgram, 'matmul' | 'subgroupSizes' | 'consecutiveSubgroups' | 'kernelsNote'> {
+  private matmulDescription(): Pick<WebGpuProgram, 'subgroupSizes' | 'consecutiveSubgroups' | 'kernelsNote'> {
     switch (this.matmul.kind) {
-      case 'tiles': return { matmul: 'tiles' };
+      case 'tiles': return {};
       // One workgroup is one subgroup of 8 (or part of a bigger one): any subgroup size from 8 up.
-      case 'split': return { matmul: 'subgroups', subgroupSizes: { min: SUBGROUP_LANES, max: 1024 }, kernelsNote: 'subgroup kernels' };
+      case 'split': return { subgroupSizes: { min: SUBGROUP_LANES, max: 1024 }, kernelsNote: 'subgroup kernels' };
       case 'shared': {
         const n = this.matmul.shareRows;
-        return { matmul: 'subgroups', subgroupSizes: { min: n, max: n }, consecutiveSubgroups: n, kernelsNote: `subgroup kernels (MLP rows shared by ${n})` };
+        return { subgroupSizes: { min: n, max: n }, consecutiveSubgroups: n, kernelsNote: `subgroup kernels (MLP rows shared by ${n})` };
       }
     }
   }
@@ -453,10 +453,7 @@ class ProgramBuilder {
       in4: channels4, out4: hidden4, activation: step.activation, activationCode,
       bindings: { src: 'normed', dst: 'hidden' },
     });
-    if (step.grn) {
-      this.usePerImage('grnScale', step.hidden.padded);
-      this.grnStatistics(block);
-    }
+    if (step.grn) this.grnStatistics(block);
     this.matmulSubgroup({
       label: `${name}: ${step.grn ? 'GRN + ' : ''}pwconv2 + residual`, common, weights: pw2, weight: pw2.fields.pw2Weight, bias: pw2.fields.pw2Bias,
       in4: hidden4, out4: channels4, bindings: { src: 'hidden', dst, residual: src, ...(step.grn ? { scale: 'grnScale' } : {}) },
@@ -569,7 +566,6 @@ class ProgramBuilder {
   private grnBlockMlp(block: BlockKernels): void {
     const { step, name, channels4, hidden4, common, activationCode, pw1 } = block;
     this.usePerPixel('hidden', step.level, step.hidden.padded);
-    this.usePerImage('grnScale', step.hidden.padded);
     const expandColumns4 = largestDivisorAtMost(hidden4, MATMUL_MAX_COLUMNS4);
     const sizes = runtimeSizes({
       C4: channels4, H4: hidden4, PW1_WEIGHT: pw1.fields.pw1Weight, PW1_BIAS: pw1.fields.pw1Bias,
@@ -598,6 +594,7 @@ class ProgramBuilder {
    */
   private grnStatistics({ step, name, hidden4, common }: BlockKernels): void {
     this.usePerImage('grnPartial', GRN_SLICES * step.hidden.padded);
+    this.usePerImage('grnScale', step.hidden.padded);
     const channelTiles = Math.ceil(hidden4 / SIMPLE_WORKGROUP);
     const squaresSizes = runtimeSizes({ H4: hidden4, CHANNEL_TILES: channelTiles });
     const squares = this.shader('blocks: GRN sums of squares', 'grn-squares', {

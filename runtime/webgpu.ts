@@ -111,9 +111,7 @@ export interface WebGpuProgram {
   halfBuffers: WebGpuBufferName[];
   /** Adapter features the kernels need (none in f32 mode; shader-f16 in f16 mode; subgroups for the subgroup kernels). */
   requiredFeatures: string[];
-  /** How the blocks' pointwise convolutions run (compiler/webgpu.ts, MatmulStyle); absent: 'tiles'. */
-  matmul?: 'tiles' | 'subgroups';
-  /** Subgroup kernels: the adapter's subgroupMinSize and subgroupMaxSize must both lie in [min, max]. */
+  /** Subgroup kernels (compiler/webgpu.ts, MatmulStyle; absent: the tiled kernels): the adapter's subgroupMinSize and subgroupMaxSize must both lie in [min, max]. */
   subgroupSizes?: { min: number; max: number };
   /**
    * The kernels assume that each run of this many consecutive local invocation indices is one
@@ -125,7 +123,7 @@ export interface WebGpuProgram {
   kernelsNote?: string;
   /** A build with --precision f16 carries its f16 program here; load() runs it where the adapter has shader-f16. */
   f16?: WebGpuProgram;
-  /** Variants of this program with subgroup kernels, best first; load() runs the first the adapter can on CPU adapters (see `matmul`). */
+  /** Variants of this program with subgroup kernels, best first; load() runs the first the adapter can on CPU adapters (see the `matmul` option). */
   subgroups?: WebGpuProgram[];
 }
 
@@ -378,13 +376,9 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
   if (options.device) {
     const device = options.device;
     const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
-    const { program, precision, fallback } = chooseProgram(built, options, { features: device.features as ReadonlySet<string>, info, what: 'given GPUDevice' });
-    checkLimits(device.limits, programNeeds(program), 'given GPUDevice');
-    const describe = (note: string) => `${describeAdapter(info)}, ${note}, caller's device`;
-    return {
-      program, device, ownsDevice: false, description: describe(precision), anchor: { gpu: options.gpu },
-      ...(fallback ? { fallback: { program: fallback.program, description: describe(fallback.precision) } } : {}),
-    };
+    const choice = chooseProgram(built, options, { features: device.features as ReadonlySet<string>, info, what: 'given GPUDevice' });
+    checkLimits(device.limits, programNeeds(choice.program), 'given GPUDevice');
+    return { ...described(choice, (note) => `${describeAdapter(info)}, ${note}, caller's device`), device, ownsDevice: false, anchor: { gpu: options.gpu } };
   }
 
   const gpu = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
@@ -408,7 +402,8 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
         `disabled in this browser; ${USE_WASM}`,
     );
   }
-  const { program, precision, fallback } = chooseProgram(built, options, { features: adapter.features as ReadonlySet<string>, info: adapter.info, what: 'GPU adapter' });
+  const choice = chooseProgram(built, options, { features: adapter.features as ReadonlySet<string>, info: adapter.info, what: 'GPU adapter' });
+  const { program } = choice;
   const needs = programNeeds(program);
   const features = program.requiredFeatures as GPUFeatureName[];
   checkLimits(adapter.limits, needs, 'GPU adapter');
@@ -428,17 +423,22 @@ async function acquireDevice(built: WebGpuProgram, options: WebGpuBackendOptions
   } catch (error) {
     throw new WebGpuError('no-adapter', `cxc: the WebGPU adapter refused to create a device (${(error as Error)?.message ?? error}); ${USE_WASM}`, { cause: error });
   }
-  const describe = (note: string) => `${describeAdapter(adapter.info)}, ${note}`;
-  return {
-    program, device, ownsDevice: true, description: describe(precision), anchor: { gpu, adapter },
-    ...(fallback ? { fallback: { program: fallback.program, description: describe(fallback.precision) } } : {}),
-  };
+  return { ...described(choice, (note) => `${describeAdapter(adapter.info)}, ${note}`), device, ownsDevice: true, anchor: { gpu, adapter } };
+}
+
+/** A choice (and its fallback) with model.backend's description of each. */
+function described(choice: ReturnType<typeof chooseProgram>, describe: (note: string) => string): Pick<AcquiredDevice, 'program' | 'description' | 'fallback'> {
+  const { program, precision, fallback } = choice;
+  return { program, description: describe(precision), ...(fallback ? { fallback: { program: fallback.program, description: describe(fallback.precision) } } : {}) };
 }
 
 /**
  * Whether each run of `size` consecutive local invocation indices of a workgroup is one subgroup of
  * `size` invocations on this device: one dispatch of a 64-invocation probe, read back.
  */
+/** The probe's pipeline label (bench/webgpu-kernels.mjs lets it run while it records a load). */
+export const SUBGROUP_PROBE_LABEL = 'cxc subgroup layout probe';
+
 export async function probeConsecutiveSubgroups(device: GPUDevice, size: number): Promise<boolean> {
   const invocations = 64;
   const code = `enable subgroups;
@@ -448,7 +448,7 @@ fn main(@builtin(local_invocation_index) index: u32, @builtin(subgroup_invocatio
   result[index] = select(0u, 1u, subgroupSize == ${size}u && lane == index % ${size}u);
 }`;
   device.pushErrorScope('validation');
-  const pipeline = device.createComputePipeline({ label: 'cxc subgroup layout probe', layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  const pipeline = device.createComputePipeline({ label: SUBGROUP_PROBE_LABEL, layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
   // A device that cannot even build the probe does not run the kernels either.
   if (await device.popErrorScope()) return false;
   const result = device.createBuffer({ size: invocations * 4, usage: BUFFER_STORAGE | BUFFER_COPY_SRC });
